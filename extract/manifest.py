@@ -1,0 +1,332 @@
+"""The manifest: one CSV per dataset that every stage reads.
+
+Columns `id,path,label,split`, optionally `start,end` (seconds, for clips cut out of longer
+videos such as IEMOCAP utterances) and `text` (the caption). Paths are stored relative to the
+manifest's folder when they lie below it, so a dataset folder can be moved as a whole.
+
+Builders (`python -m extract.manifest folder|list|iemocap ...`) turn the three source layouts
+into a manifest. A missing video file is only a warning here: the stages record it as that one
+video's failure, so a 31,761-row manifest with one missing file still runs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+import os
+import random
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp"}
+# The published list files carry -1/0/1; the published scripts shift them by +1 to 0/1/2.
+LIST_LABELS = {"-1": "negative", "0": "neutral", "1": "positive"}
+IEMOCAP_CLASSES = ("neu", "hap", "sad", "ang")
+
+
+class ManifestError(ValueError):
+    """A manifest that no stage should run on; the message names the offending rows."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Video:
+    id: str
+    path: str
+    label: str
+    split: str = ""
+    start: float | None = None
+    end: float | None = None
+    text: str | None = None
+
+
+def class_names(videos: Iterable[Video]) -> list[str]:
+    """Sorted label names; a label's index in this list is its class index everywhere."""
+    return sorted({v.label for v in videos})
+
+
+# ----------------------------------------------------------------------------- reading, writing
+
+
+def _float_or_none(value: str | None) -> float | None:
+    value = (value or "").strip()
+    return float(value) if value else None
+
+
+def read_manifest(path: str | os.PathLike, require_split: bool = True) -> list[Video]:
+    """Read and validate a manifest; relative video paths are resolved against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    base = path.resolve().parent
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"id", "path", "label", "split"} - set(reader.fieldnames or ())
+        if missing:
+            raise ManifestError(f"{path}: missing column(s) {sorted(missing)}; the header must start with id,path,label,split")
+        videos = []
+        for row in reader:
+            try:
+                start, end = _float_or_none(row.get("start")), _float_or_none(row.get("end"))
+            except ValueError as exc:
+                raise ManifestError(f"{path}, line {reader.line_num}: bad start/end ({exc})") from None
+            video_path = (row["path"] or "").strip()
+            if video_path and not os.path.isabs(video_path):
+                video_path = str(base / video_path)
+            videos.append(Video(
+                id=(row["id"] or "").strip(), path=video_path, label=(row["label"] or "").strip(),
+                split=(row["split"] or "").strip(), start=start, end=end,
+                text=row.get("text") or None,
+            ))
+    validate(videos, require_split=require_split, source=str(path))
+    return videos
+
+
+def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
+    """Write atomically; optional columns appear only when some video uses them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.resolve().parent
+    columns = ["id", "path", "label", "split"]
+    if any(v.start is not None or v.end is not None for v in videos):
+        columns += ["start", "end"]
+    if any(v.text for v in videos):
+        columns.append("text")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for v in videos:
+            row = dataclasses.asdict(v)
+            p = Path(v.path)
+            if p.is_absolute():
+                try:
+                    row["path"] = p.resolve().relative_to(base).as_posix()
+                except ValueError:
+                    row["path"] = str(p)
+            for key in ("start", "end"):
+                row[key] = "" if row[key] is None else f"{row[key]:.4f}"
+            row["text"] = row["text"] or ""
+            writer.writerow(row)
+    os.replace(tmp, path)
+    return path
+
+
+def validate(videos: Sequence[Video], require_split: bool = True, source: str = "manifest") -> None:
+    """Duplicate ids, empty ids or labels and unknown splits are errors naming their rows.
+
+    Row numbers count data rows from 1 (the CSV line number is one more, for the header).
+    """
+    problems = []
+    seen: dict[str, int] = {}
+    for row, v in enumerate(videos, start=1):
+        if not v.id:
+            problems.append(f"row {row}: empty id")
+        elif v.id in seen:
+            problems.append(f"row {row}: duplicate id {v.id!r} (first at row {seen[v.id]})")
+        else:
+            seen[v.id] = row
+        if not v.label:
+            problems.append(f"row {row} ({v.id!r}): empty label")
+        if not v.path:
+            problems.append(f"row {row} ({v.id!r}): empty path")
+        if v.split and v.split not in SPLITS:
+            problems.append(f"row {row} ({v.id!r}): split {v.split!r} is not one of {', '.join(SPLITS)}")
+        elif require_split and not v.split:
+            problems.append(f"row {row} ({v.id!r}): empty split")
+        if v.start is not None and v.end is not None and v.end <= v.start:
+            problems.append(f"row {row} ({v.id!r}): end {v.end} is not after start {v.start}")
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ManifestError(f"{source}: {len(problems)} problem(s):\n  {shown}{more}")
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def assign_splits(videos: Sequence[Video], seed: int = 0, pattern: Sequence[str] = ("train",) * 3 + ("val", "test")) -> list[Video]:
+    """Keep splits the source already has; otherwise a seeded per-class 60/20/20 split.
+
+    As published: per class, round robin over the (here seeded-shuffled) list, 3 of every 5
+    videos to train, 1 to val, 1 to test. A class too small to reach every split is an error.
+    """
+    if all(v.split for v in videos):
+        validate(videos)
+        return list(videos)
+    if any(v.split for v in videos):
+        partial = [v.id for v in videos if not v.split][:5]
+        raise ManifestError(f"some videos have a split and some do not (e.g. {partial}); give all or none")
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, v in enumerate(videos):
+        by_class[v.label].append(i)
+    too_small = {c: idx for c, idx in by_class.items() if len(idx) < len(pattern)}
+    if too_small:
+        lines = [f"class {c!r} has {len(idx)} video(s) (rows {[i + 1 for i in idx]}), at least {len(pattern)} are needed to fill train/val/test"
+                 for c, idx in sorted(too_small.items())]
+        raise ManifestError("cannot split:\n  " + "\n  ".join(lines))
+    rng = random.Random(seed)
+    split_of = {}
+    for label in sorted(by_class):
+        order = list(by_class[label])
+        rng.shuffle(order)
+        for k, i in enumerate(order):
+            split_of[i] = pattern[k % len(pattern)]
+    out = [dataclasses.replace(v, split=split_of[i]) for i, v in enumerate(videos)]
+    validate(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def _warn_missing(videos: Sequence[Video]) -> None:
+    absent = [v for v in videos if not os.path.exists(v.path)]
+    for v in absent[:10]:
+        log.warning("video file not found for %r: %s (the stages will record it as failed)", v.id, v.path)
+    if len(absent) > 10:
+        log.warning("... and %d more missing video files", len(absent) - 10)
+
+
+def from_folder(root: str | os.PathLike) -> list[Video]:
+    """One sub-folder per class (DMVER, Music-video): `ROOT/<class>/<video>`.
+
+    `ROOT/<split>/<class>/<video>` (split in train/val/test) keeps the source's split. A
+    `<video>.txt` beside a video is read as its caption. The id is the path below ROOT
+    without its extension, which stays unique even when two classes hold the same file name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"not a folder: {root}")
+    top = sorted(p for p in root.iterdir() if p.is_dir())
+    split_layout = bool(top) and {p.name for p in top} <= set(SPLITS)
+    groups = [(p.name, c) for p in top for c in sorted(q for q in p.iterdir() if q.is_dir())] if split_layout else [("", p) for p in top]
+    videos = []
+    for split, class_dir in groups:
+        for f in sorted(class_dir.rglob("*")):
+            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+                caption = f.with_suffix(".txt")
+                text = caption.read_text(encoding="utf-8", errors="replace").strip() if caption.is_file() else None
+                videos.append(Video(id=f.relative_to(root).with_suffix("").as_posix(), path=str(f.resolve()),
+                                    label=class_dir.name, split=split, text=text or None))
+    if not videos:
+        raise ManifestError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in class folders below {root}")
+    return videos
+
+
+def from_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Video]:
+    """The published list files: one `path , label` line per video, labels -1/0/1.
+
+    Relative paths are taken against `root` (default: the list file's folder).
+    """
+    list_file = Path(list_file)
+    base = Path(root) if root else list_file.resolve().parent
+    videos, problems = [], []
+    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        path, sep, label = line.rpartition(",")
+        path, label = path.strip(), label.strip()
+        if not sep or not path:
+            problems.append(f"line {n}: expected 'path , label', got {line!r}")
+            continue
+        if label not in LIST_LABELS:
+            problems.append(f"line {n}: label {label!r} is not one of -1, 0, 1")
+            continue
+        full = Path(path) if os.path.isabs(path) else base / path
+        videos.append(Video(id=Path(path).with_suffix("").as_posix(), path=str(full), label=LIST_LABELS[label]))
+    if problems:
+        raise ManifestError(f"{list_file}: {len(problems)} bad line(s):\n  " + "\n  ".join(problems[:20]))
+    return videos
+
+
+_EMO_LINE = re.compile(r"^\[(?P<start>[\d.]+)\s*-\s*(?P<end>[\d.]+)\]\t(?P<utt>\S+)\t(?P<label>\w+)\t")
+
+
+def from_iemocap(root: str | os.PathLike, merge_exc: bool = False, impro_only: bool = False,
+                 classes: Sequence[str] = IEMOCAP_CLASSES) -> list[Video]:
+    """Utterance clips of the IEMOCAP release: one row per labelled utterance.
+
+    Each clip is `start..end` of its dialog video `SessionN/dialog/avi/DivX/<dialog>.avi`, as
+    given by the summary lines of `SessionN/dialog/EmoEvaluation/<dialog>.txt`.
+    `merge_exc` counts excitement as happiness; `impro_only` keeps improvised dialogs as the
+    published baseline did.
+    """
+    root = Path(root)
+    sessions = sorted(p for p in root.glob("Session*") if p.is_dir())
+    if not sessions:
+        raise ManifestError(f"no Session* folders below {root}: expected the IEMOCAP_full_release tree")
+    videos = []
+    for session in sessions:
+        for evaluation in sorted((session / "dialog" / "EmoEvaluation").glob("*.txt")):
+            dialog = evaluation.stem
+            if impro_only and "impro" not in dialog:
+                continue
+            avi = session / "dialog" / "avi" / "DivX" / f"{dialog}.avi"
+            for line in evaluation.read_text(encoding="utf-8", errors="replace").splitlines():
+                m = _EMO_LINE.match(line)
+                if not m:
+                    continue
+                label = m["label"]
+                if merge_exc and label == "exc":
+                    label = "hap"
+                if label not in classes:
+                    continue
+                videos.append(Video(id=m["utt"], path=str(avi.resolve()), label=label,
+                                    start=float(m["start"]), end=float(m["end"])))
+    if not videos:
+        raise ManifestError(f"no utterances with labels {list(classes)} found below {root}")
+    return videos
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m extract.manifest", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="source", required=True)
+    p_folder = sub.add_parser("folder", help="one sub-folder per class (DMVER, Music-video)")
+    p_folder.add_argument("root")
+    p_list = sub.add_parser("list", help="published list file: 'path , label' lines, labels -1/0/1")
+    p_list.add_argument("file")
+    p_list.add_argument("--root", help="folder the list's relative paths start from (default: the list's folder)")
+    p_iemocap = sub.add_parser("iemocap", help="IEMOCAP_full_release tree")
+    p_iemocap.add_argument("root")
+    p_iemocap.add_argument("--merge-exc", action="store_true", help="count 'exc' as 'hap'")
+    p_iemocap.add_argument("--impro-only", action="store_true", help="improvised dialogs only, as published")
+    for p in (p_folder, p_list, p_iemocap):
+        p.add_argument("--out", required=True, help="manifest CSV to write")
+        p.add_argument("--seed", type=int, default=0, help="seed of the 60/20/20 split (default 0)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        if args.source == "folder":
+            videos = from_folder(args.root)
+        elif args.source == "list":
+            videos = from_list(args.file, args.root)
+        else:
+            videos = from_iemocap(args.root, merge_exc=args.merge_exc, impro_only=args.impro_only)
+        validate(videos, require_split=False, source=args.source)
+        videos = assign_splits(videos, seed=args.seed)
+    except (ManifestError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _warn_missing(videos)
+    write_manifest(args.out, videos)
+    counts = defaultdict(int)
+    for v in videos:
+        counts[(v.label, v.split)] += 1
+    summary = ", ".join(f"{c}: {sum(counts[(c, s)] for s in SPLITS)} ({'/'.join(str(counts[(c, s)]) for s in SPLITS)})"
+                        for c in class_names(videos))
+    print(f"wrote {args.out}: {len(videos)} videos; per class (train/val/test) {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

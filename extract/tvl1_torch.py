@@ -1,0 +1,403 @@
+"""Batched dual TV-L1 optical flow in PyTorch, tuned to agree with OpenCV contrib's
+`cv2.optflow.DualTVL1OpticalFlow` (Zach-Pock-Bischof scheme in the Sanchez-Meinhardt-Facciolo
+formulation) with its default parameters.
+
+Why: OpenCV solves one frame pair at a time on the CPU. Here every step (pyramid, warping,
+thresholding, primal-dual iterations, median filter, stopping test) works on a whole batch of
+pairs `[B, H, W]` of one size at once, so a GPU can chew through many videos' pairs together.
+The code is device-agnostic: the same path runs on CPU and CUDA.
+
+What is reproduced, step by step (all in float32 unless `dtype` says otherwise):
+
+* Input: uint8 grey levels are used as they are (0..255). Float input is taken to be on the same
+  0..255 scale. (OpenCV itself multiplies *float* input by 255; the callers here hand grey levels.)
+* Pyramid: level s+1 is level s resized by `scale_step` with bilinear interpolation, half-pixel
+  centres, coordinates clamped to the image (OpenCV's INTER_LINEAR resize); the output size is the
+  rounded product and the sampling step is exactly 1/scale_step. No pre-smoothing. Levels stop
+  before one that would be narrower or lower than 16 pixels.
+* Coarse to fine: the flow starts at zero on the coarsest level; after each level it is resized
+  bilinearly to the next finer level's size (step = old size / new size) and multiplied by
+  1/scale_step. Dual variables restart at zero on every level.
+* Per level: centred differences of the *unwarped* second image (one-sided, halved, on the
+  borders); `warps` times: warp the second image and both derivative images with bicubic
+  interpolation (Keys, a = -0.75) where samples outside the image count as 0, then linearise the
+  data term around the current flow (rho_c, |grad|^2).
+* Iterations per warp: up to `outer_iterations` rounds, each starting with a median filter
+  (`median_filtering` x `median_filtering`, replicated borders) of both flow components, followed
+  by up to `inner_iterations` steps of: the pointwise TV-L1 threshold step (v), the flow update
+  u = v + theta * div(p) with backward differences (zero before the first row/column), forward
+  differences of u (zero on the last row/column) and the dual step
+  p = (p + tau/theta * grad u) / (1 + tau/theta * |grad u|).
+* Stopping: as soon as the sum over the image of the squared change of u in one step is at most
+  epsilon^2 * (pixels of the level), that pair is done for the current warp (no further median
+  filter or iteration until the next warp). In a batch, pairs stop independently: a converged pair
+  is frozen by masking while the others go on, so each pair gets exactly the iteration schedule it
+  would get alone. The loop exits early once every pair of the batch has converged; on CUDA that
+  test (a host sync) is made only every `sync_every` steps, which changes nothing but speed.
+* OpenCV 4.x `remap` rounds sampling positions to 1/32 pixel before bicubic interpolation;
+  OpenCV 5 samples at the exact position. `remap_subpixel_bits="auto"` follows the installed cv2
+  (5 bits below version 5, exact otherwise); pass 5 or None to force either.
+
+Known, deliberate simplifications: gamma (illumination term) is not implemented (OpenCV's default
+is 0); useInitialFlow is not offered; for the threshold step at pixels where |grad I1w|^2 is at most
+FLT_EPSILON and |rho| is tiny the update may be +-lambda*theta*grad instead of 0, a change below
+1e-4 px. Results match OpenCV to float rounding per step; since TV-L1 iterates thousands of times
+through median filters and thresholds, flows differ by a few hundredths of a pixel on average.
+
+CLI: `python -m extract.tvl1_torch --bench [--pairs 32 --size 224 --threads 2 --device cpu]`
+prints pairs/s of this module and of OpenCV on the same pairs, plus their agreement.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_FLT_EPSILON = float(np.finfo(np.float32).eps)
+
+
+def _opencv_subpixel_bits() -> int | None:
+    """5 (1/32-pixel remap positions) for OpenCV < 5, None (exact) for OpenCV >= 5 or without cv2."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - cv2 is a dependency of the project
+        return None
+    try:
+        major = int(str(cv2.__version__).split(".")[0])
+    except ValueError:  # pragma: no cover
+        return None
+    return 5 if major < 5 else None
+
+
+def _as_batch(x, name: str) -> tuple[torch.Tensor, bool]:
+    """-> (tensor [B, H, W] on CPU or its own device, True when the input was a single [H, W] image)."""
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    single = t.dim() == 2
+    if single:
+        t = t.unsqueeze(0)
+    if t.dim() == 4 and t.shape[-1] == 1:  # [B, H, W, 1] grey frames
+        t = t[..., 0]
+    if t.dim() != 3:
+        raise ValueError(f"{name}: expected [H, W] or [B, H, W] grey images, got shape {tuple(t.shape)}")
+    return t, single
+
+
+class TorchTVL1:
+    """Batched TV-L1 optical flow; `calc(prev, nxt)` mirrors OpenCV's `calc(prev, next)`."""
+
+    def __init__(self, tau=0.25, lambda_=0.15, theta=0.3, nscales=5, warps=5, epsilon=0.01,
+                 inner_iterations=30, outer_iterations=10, scale_step=0.8, gamma=0.0,
+                 median_filtering=5, device="cpu", dtype=torch.float32,
+                 remap_subpixel_bits="auto", sync_every=None):
+        if gamma != 0:
+            raise NotImplementedError("gamma != 0 (illumination term) is not implemented")
+        if nscales < 1:
+            raise ValueError("nscales must be >= 1")
+        if median_filtering > 1 and median_filtering % 2 == 0:
+            raise ValueError("median_filtering must be odd")
+        self.tau = float(tau)
+        self.lambda_ = float(lambda_)
+        self.theta = float(theta)
+        self.nscales = int(nscales)
+        self.warps = int(warps)
+        self.epsilon = float(epsilon)
+        self.inner_iterations = int(inner_iterations)
+        self.outer_iterations = int(outer_iterations)
+        self.scale_step = float(scale_step)
+        self.gamma = float(gamma)
+        self.median_filtering = int(median_filtering)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        if remap_subpixel_bits == "auto":
+            remap_subpixel_bits = _opencv_subpixel_bits()
+        self.remap_subpixel_bits = remap_subpixel_bits
+        if sync_every is None:
+            sync_every = 1 if self.device.type == "cpu" else 5
+        self.sync_every = max(1, int(sync_every))
+        self._axis_cache: dict = {}
+
+    # ------------------------------------------------------------------ public API
+    def calc(self, prev, nxt) -> np.ndarray:
+        """prev, nxt: uint8 or float (0..255) grey images [B, H, W] or [H, W], numpy or torch.
+        -> float32 numpy [B, H, W, 2] (or [H, W, 2]): displacement (x, y) in pixels from prev to nxt."""
+        flow, single = self._calc(prev, nxt)
+        out = flow.permute(0, 2, 3, 1).to(torch.float32).cpu().numpy()
+        return out[0] if single else out
+
+    def calc_tensor(self, prev, nxt) -> torch.Tensor:
+        """As `calc`, but returns a float tensor [B, H, W, 2] (or [H, W, 2]) left on `self.device`."""
+        flow, single = self._calc(prev, nxt)
+        out = flow.permute(0, 2, 3, 1)
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ driver
+    @torch.no_grad()
+    def _calc(self, prev, nxt) -> tuple[torch.Tensor, bool]:
+        i0, single0 = _as_batch(prev, "prev")
+        i1, single1 = _as_batch(nxt, "nxt")
+        if i0.shape != i1.shape:
+            raise ValueError(f"prev and nxt differ in shape: {tuple(i0.shape)} vs {tuple(i1.shape)}")
+        _, h, w = i0.shape
+        if h < 3 or w < 3:
+            raise ValueError("images must be at least 3x3")
+        # uint8 grey levels and float 0..255 both become float grey levels unchanged
+        i0 = i0.to(device=self.device, dtype=self.dtype)
+        i1 = i1.to(device=self.device, dtype=self.dtype)
+
+        pyr0, pyr1 = [i0], [i1]
+        for _ in range(1, self.nscales):
+            ph, pw = pyr0[-1].shape[-2:]
+            nh, nw = round(ph * self.scale_step), round(pw * self.scale_step)
+            if nh < 16 or nw < 16:
+                break
+            step = 1.0 / self.scale_step
+            pyr0.append(self._resize(pyr0[-1], nh, nw, step, step))
+            pyr1.append(self._resize(pyr1[-1], nh, nw, step, step))
+
+        b = i0.shape[0]
+        ch, cw = pyr0[-1].shape[-2:]
+        u = torch.zeros(b, 2, ch, cw, device=self.device, dtype=self.dtype)
+        for s in range(len(pyr0) - 1, -1, -1):
+            u = self._one_level(pyr0[s], pyr1[s], u)
+            if s == 0:
+                break
+            fh, fw = pyr0[s - 1].shape[-2:]
+            sy = 1.0 / (fh / ch)  # OpenCV derives the step from the inverse ratio, in double
+            sx = 1.0 / (fw / cw)
+            u = self._resize(u, fh, fw, sy, sx) * (1.0 / self.scale_step)
+            ch, cw = fh, fw
+        return u, single0 and single1
+
+    # ------------------------------------------------------------------ building blocks
+    def _axis(self, n_in: int, n_out: int, step: float):
+        """Indices and weights of a bilinear resize along one axis (half-pixel centres, clamped)."""
+        key = (n_in, n_out, step)
+        hit = self._axis_cache.get(key)
+        if hit is None:
+            pos = ((np.arange(n_out, dtype=np.float64) + 0.5) * step - 0.5).astype(np.float32)
+            lo = np.floor(pos)
+            frac = (pos - lo).astype(np.float32)
+            lo = lo.astype(np.int64)
+            before = lo < 0
+            lo[before], frac[before] = 0, 0.0
+            after = lo >= n_in - 1
+            lo[after], frac[after] = n_in - 1, 0.0
+            hi = np.minimum(lo + 1, n_in - 1)
+            hit = tuple(torch.from_numpy(a).to(self.device) for a in (lo, hi, 1.0 - frac, frac))
+            hit = hit[:2] + tuple(t.to(self.dtype) for t in hit[2:])
+            self._axis_cache[key] = hit
+        return hit
+
+    def _resize(self, x: torch.Tensor, out_h: int, out_w: int, step_y: float, step_x: float) -> torch.Tensor:
+        """Bilinear resize of the last two dims, rows first then columns (as OpenCV's two passes)."""
+        lo, hi, w_lo, w_hi = self._axis(x.shape[-1], out_w, step_x)
+        x = x.index_select(-1, lo) * w_lo + x.index_select(-1, hi) * w_hi
+        lo, hi, w_lo, w_hi = self._axis(x.shape[-2], out_h, step_y)
+        return x.index_select(-2, lo) * w_lo[:, None] + x.index_select(-2, hi) * w_hi[:, None]
+
+    @staticmethod
+    def _centred_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centred differences /2 inside, one-sided differences /2 on the borders; img [B, H, W]."""
+        dx = torch.empty_like(img)
+        dx[..., 1:-1] = 0.5 * (img[..., 2:] - img[..., :-2])
+        dx[..., 0] = 0.5 * (img[..., 1] - img[..., 0])
+        dx[..., -1] = 0.5 * (img[..., -1] - img[..., -2])
+        dy = torch.empty_like(img)
+        dy[..., 1:-1, :] = 0.5 * (img[..., 2:, :] - img[..., :-2, :])
+        dy[..., 0, :] = 0.5 * (img[..., 1, :] - img[..., 0, :])
+        dy[..., -1, :] = 0.5 * (img[..., -1, :] - img[..., -2, :])
+        return dx, dy
+
+    @staticmethod
+    def _cubic_weights(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Keys cubic convolution (a = -0.75) weights of the taps at offsets -1, 0, 1, 2 for fraction t."""
+        a = -0.75
+        s = 1.0 - t
+        w0 = ((a * (t + 1.0) - 5.0 * a) * (t + 1.0) + 8.0 * a) * (t + 1.0) - 4.0 * a
+        w1 = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+        w2 = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
+        return w0, w1, w2, 1.0 - w0 - w1 - w2
+
+    def _warp(self, stack: torch.Tensor, u: torch.Tensor, base_x: torch.Tensor, base_y: torch.Tensor) -> torch.Tensor:
+        """Sample `stack` [B, C, H, W] at (x + u1, y + u2), bicubic, taps outside the image count as 0.
+
+        Written with gathers rather than grid_sample: grid_sample's normalised coordinates put a
+        zero flow a few 1e-5 px off the pixel centres, which near the borders (zero padding) is
+        enough to start a drift that OpenCV never sees."""
+        b, c, h, w = stack.shape
+        px = base_x + u[:, 0]
+        py = base_y + u[:, 1]
+        if self.remap_subpixel_bits is not None:
+            q = float(1 << int(self.remap_subpixel_bits))
+            px = torch.round(px * q) / q
+            py = torch.round(py * q) / q
+        fx = torch.floor(px)
+        fy = torch.floor(py)
+        wxs = self._cubic_weights(px - fx)
+        wys = self._cubic_weights(py - fy)
+        # pad with 4 zeros each side and clamp the base tap: a base beyond the clamp range only
+        # ever reaches zeros anyway, and so it still does after clamping
+        pad = 4
+        wp = w + 2 * pad
+        flat = F.pad(stack, (pad, pad, pad, pad)).reshape(b, c, -1)
+        x0 = torch.clamp(fx, -3, w + 1).to(torch.int64) + (pad - 1)
+        y0 = torch.clamp(fy, -3, h + 1).to(torch.int64) + (pad - 1)
+        out = torch.zeros(b, c, h * w, device=stack.device, dtype=stack.dtype)
+        for j in range(4):
+            row = ((y0 + j) * wp).reshape(b, 1, -1)
+            for i in range(4):
+                idx = (row + (x0 + i).reshape(b, 1, -1)).expand(b, c, -1)
+                weight = (wys[j] * wxs[i]).reshape(b, 1, -1)
+                out += weight * torch.gather(flat, 2, idx)
+        return out.reshape(b, c, h, w)
+
+    def _median(self, u: torch.Tensor) -> torch.Tensor:
+        """k x k median of each flow component, borders replicated; u [B, 2, H, W]."""
+        k = self.median_filtering
+        r = k // 2
+        b, c, h, w = u.shape
+        padded = F.pad(u, (r, r, r, r), mode="replicate")
+        windows = padded.unfold(2, k, 1).unfold(3, k, 1).reshape(b, c, h, w, k * k)
+        return windows.median(dim=-1).values
+
+    # ------------------------------------------------------------------ one pyramid level
+    def _one_level(self, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        b, h, w = i0.shape
+        dev, dt = i0.device, i0.dtype
+        eps_scaled = float(np.float32(self.epsilon * self.epsilon * h * w))
+        lt = float(np.float32(self.lambda_ * self.theta))
+        taut = float(np.float32(self.tau / self.theta))
+        theta = float(np.float32(self.theta))
+
+        i1x, i1y = self._centred_gradient(i1)
+        stack = torch.stack((i1, i1x, i1y), dim=1)  # [B, 3, H, W]
+        base_y, base_x = torch.meshgrid(torch.arange(h, device=dev, dtype=dt),
+                                        torch.arange(w, device=dev, dtype=dt), indexing="ij")
+
+        px = torch.zeros(b, 2, h, w, device=dev, dtype=dt)  # dual variable, x parts (for u1, u2)
+        py = torch.zeros(b, 2, h, w, device=dev, dtype=dt)  # dual variable, y parts
+        gx = torch.zeros(b, 2, h, w, device=dev, dtype=dt)  # forward differences (last col/row stay 0)
+        gy = torch.zeros(b, 2, h, w, device=dev, dtype=dt)
+
+        for _ in range(self.warps):
+            warped = self._warp(stack, u, base_x, base_y)
+            i1w, ig = warped[:, 0], warped[:, 1:]  # ig: [B, 2, H, W] = (I1w_x, I1w_y)
+            grad = (ig * ig).sum(dim=1, keepdim=True)
+            rho_c = (i1w - ig[:, 0] * u[:, 0] - ig[:, 1] * u[:, 1] - i0).unsqueeze(1)
+            # threshold step: v = u + clamp(-rho / |grad|^2, -lt, lt) * grad
+            grad_safe = torch.where(grad > _FLT_EPSILON, grad, torch.full_like(grad, 1e-30))
+
+            active = torch.ones(b, device=dev, dtype=torch.bool)
+            all_done = False
+            step = 0
+            for _outer in range(self.outer_iterations):
+                if self.median_filtering > 1:
+                    a4 = active.view(b, 1, 1, 1)
+                    u = torch.where(a4, self._median(u), u)
+                for _inner in range(self.inner_iterations):
+                    a4 = active.view(b, 1, 1, 1)
+                    rho = rho_c + (ig * u).sum(dim=1, keepdim=True)
+                    coef = torch.clamp(-rho / grad_safe, -lt, lt)
+                    v = u + coef * ig
+                    div = px + py
+                    div[..., 1:] -= px[..., :-1]
+                    div[..., 1:, :] -= py[..., :-1, :]
+                    u_new = v + theta * div
+                    diff = u_new - u
+                    err = (diff * diff).sum(dim=(1, 2, 3))
+                    u = torch.where(a4, u_new, u)
+                    torch.sub(u_new[..., 1:], u_new[..., :-1], out=gx[..., :-1])
+                    torch.sub(u_new[..., 1:, :], u_new[..., :-1, :], out=gy[..., :-1, :])
+                    norm = 1.0 + taut * torch.hypot(gx, gy)
+                    px = torch.where(a4, (px + taut * gx) / norm, px)
+                    py = torch.where(a4, (py + taut * gy) / norm, py)
+                    active = active & (err > eps_scaled)
+                    step += 1
+                    if step % self.sync_every == 0 and not bool(active.any()):
+                        all_done = True
+                        break
+                if all_done or not bool(active.any()):
+                    break
+        return u
+
+
+# ---------------------------------------------------------------------- benchmark CLI
+def synthetic_pairs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n textured uint8 frame pairs [n, size, size]: multi-scale noise with shapes, moved by a random
+    sub-pixel shift, small rotation and zoom (the kind of motion seen between video frames)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    big = 2 * size
+    prev = np.empty((n, size, size), np.uint8)
+    nxt = np.empty((n, size, size), np.uint8)
+    for k in range(n):
+        tex = np.zeros((big, big), np.float32)
+        for cells, amp in ((4, 60.0), (12, 40.0), (40, 25.0), (big // 2, 12.0)):
+            layer = rng.standard_normal((cells, cells)).astype(np.float32)
+            tex += amp * cv2.resize(layer, (big, big), interpolation=cv2.INTER_CUBIC)
+        for _ in range(6):
+            c = tuple(int(v) for v in rng.integers(0, big, 2))
+            cv2.circle(tex, c, int(rng.integers(8, big // 6)), float(rng.uniform(-80, 80)), -1)
+        tex = cv2.GaussianBlur(tex, (0, 0), 1.0) + 128.0
+        centre = (big / 2.0, big / 2.0)
+        a0 = cv2.getRotationMatrix2D(centre, 0.0, 1.0)
+        a1 = cv2.getRotationMatrix2D(centre, float(rng.uniform(-3, 3)), float(rng.uniform(0.97, 1.03)))
+        a1[:, 2] += rng.uniform(-3, 3, 2)
+        for a, dst in ((a0, prev), (a1, nxt)):
+            a = a.copy()
+            a[:, 2] -= size / 2.0
+            frame = cv2.warpAffine(tex, a, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+            dst[k] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    return prev, nxt
+
+
+def _bench(argv: Sequence[str] | None = None) -> None:
+    import cv2
+
+    ap = argparse.ArgumentParser(prog="python -m extract.tvl1_torch", description=__doc__.split("\n")[0])
+    ap.add_argument("--bench", action="store_true", help="time torch vs OpenCV on the same synthetic pairs")
+    ap.add_argument("--pairs", type=int, default=32)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for both torch and OpenCV")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cv-pairs", type=int, default=None, help="pairs timed with OpenCV (default: all)")
+    args = ap.parse_args(argv)
+    if not args.bench:
+        ap.print_help()
+        return
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    prev, nxt = synthetic_pairs(args.pairs, args.size)
+    ncv = args.pairs if args.cv_pairs is None else min(args.cv_pairs, args.pairs)
+
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
+    t0 = time.perf_counter()
+    ref = np.stack([tvl1.calc(prev[k], nxt[k], None) for k in range(ncv)])
+    t_cv = time.perf_counter() - t0
+
+    model = TorchTVL1(device=args.device)
+    if model.device.type == "cuda":  # warm-up: CUDA context, kernels
+        model.calc(prev[:1], nxt[:1])
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = model.calc(prev, nxt)
+    t_torch = time.perf_counter() - t0
+
+    epe = np.sqrt(((out[:ncv] - ref) ** 2).sum(-1))
+    q = lambda f: np.clip(np.rint((f + 20.0) * 255.0 / 40.0), 0, 255).astype(np.int16)
+    within = float((np.abs(q(out[:ncv]) - q(ref)) <= 1).mean())
+    print(f"pairs={args.pairs} size={args.size} threads={args.threads} device={args.device} "
+          f"cv2={cv2.__version__} torch={torch.__version__}")
+    print(f"opencv: {ncv / t_cv:.2f} pairs/s ({t_cv:.1f} s for {ncv} pairs, one at a time)")
+    print(f"torch : {args.pairs / t_torch:.2f} pairs/s ({t_torch:.1f} s for {args.pairs} pairs, one batch)")
+    print(f"agreement: mean EPE {epe.mean():.4f} px, within 1 grey level (bound 20) {100 * within:.2f}%")
+
+
+if __name__ == "__main__":
+    _bench()

@@ -1,0 +1,445 @@
+"""The feature cache: per-video shards while extracting, one HDF5 file per modality after.
+
+Layout under a work folder W (nothing is ever written outside `W/features/`):
+
+    W/features/<modality>.shards/attrs.json          settings the shards were made with
+    W/features/<modality>.shards/<name>.npy          one video's sequence, float32 [L, D]
+    W/features/<modality>.shards/<name>.missing.json {"id": ..., "reason": ...}: no such modality
+    W/features/<modality>.h5                         the consolidated cache that `load` reads
+
+`<name>` is a slug of the video id (ASCII letters, digits, `._-`, at most 48 characters) plus
+16 hex digits of the id's SHA-256, so ids with spaces, slashes, `../` or non-ASCII characters
+all map to plain file names inside the shard folder, and two ids never share a name.
+
+Crash safety. Every shard, marker, attrs.json and .h5 file is written under a temporary name
+(`.tmp-<pid>-...`) in the same folder and `os.replace`d into place, so a process killed at any
+point (SIGKILL included) leaves either the old state or the new one, never a truncated file.
+Temporary files of dead processes are removed by the next `ShardWriter` or `consolidate`.
+(Files are not fsync'ed: this protects against killed processes, not against power loss.)
+
+The consolidated file (`FORMAT` 1):
+
+    data             float32 [sum(lengths), D]  the present videos' sequences one after another
+    offsets          int64   [n + 1]            video i is data[offsets[i]:offsets[i + 1]]
+    ids              utf-8   [n]                in the order given to `consolidate`
+    missing_ids      utf-8   [m]                videos without this modality ...
+    missing_reasons  utf-8   [m]                ... and why (never zero-filled into `data`)
+    attributes: attrs_json (the settings dict, exactly), one attribute per settings key
+                (JSON-encoded unless a plain scalar), format, source_digest, dim
+
+`data` is contiguous and uncompressed, so `load` reads it at memory-copy speed straight into
+the padded array. Values are stored as float32, exactly as the backbone produced them.
+
+Memory: `load` returns a zero-padded float32 array `[n, max L, D]`; for DMVER (31,761 videos)
+that is 1.3 GB for rgb or flow `[10, 1024]`, 0.3 GB for audio `[~15, 128]` and 5.1 GB for
+rgb2d `[79, 512]`. Peak memory is that array plus one read block (`BLOCK_BYTES`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+FORMAT = 1
+BLOCK_BYTES = 64 << 20
+# Settings keys that describe the run rather than the features: a difference in them does not
+# make cached shards stale (a new package version or another device can resume an extraction).
+INFORMATIONAL_ATTRS = frozenset({"package_version", "version", "created", "device", "jobs", "host"})
+
+_MODALITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_TMP_PREFIX = ".tmp-"
+
+
+class CacheError(Exception):
+    """Base class of the cache's errors; messages say what to do."""
+
+
+class CacheSettingsError(CacheError):
+    """Shards exist that were made with other settings than the ones asked for now."""
+
+
+class CacheMissingError(CacheError, FileNotFoundError):
+    """No consolidated cache for this modality."""
+
+
+class CacheIncompleteError(CacheError):
+    """`consolidate` was asked for videos that have neither a shard nor a missing-marker."""
+
+
+class Features(NamedTuple):
+    ids: list[str]
+    x: np.ndarray        # float32 [n, L, D], zero-padded after each video's length
+    lengths: np.ndarray  # int64 [n]
+
+
+# ----------------------------------------------------------------------------- names and paths
+
+
+def _check_modality(modality: str) -> str:
+    if not isinstance(modality, str) or not _MODALITY.match(modality):
+        raise ValueError(f"modality name {modality!r}: use letters, digits, '_' or '-' (it becomes a file name)")
+    return modality
+
+
+def features_dir(work: str | os.PathLike) -> Path:
+    return Path(work) / "features"
+
+
+def cache_path(work: str | os.PathLike, modality: str) -> Path:
+    """`W/features/<modality>.h5`."""
+    return features_dir(work) / f"{_check_modality(modality)}.h5"
+
+
+def shard_dir(work: str | os.PathLike, modality: str) -> Path:
+    return features_dir(work) / f"{_check_modality(modality)}.shards"
+
+
+def shard_name(video_id: str) -> str:
+    """A file name (without extension) for any id: slug plus 16 hex digits of its SHA-256."""
+    digest = hashlib.sha256(video_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id)[:48].strip("._-")
+    return f"{slug}-{digest}" if slug else digest
+
+
+def exists(work: str | os.PathLike, modality: str) -> bool:
+    return cache_path(work, modality).is_file()
+
+
+def _normalise(attrs: dict) -> dict:
+    try:
+        return json.loads(json.dumps(attrs, sort_keys=True))
+    except TypeError as exc:
+        raise TypeError(f"cache settings must be JSON values (str, number, bool, list, dict): {exc}") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_temps(folder: Path) -> int:
+    """Remove `.tmp-<pid>-...` files left by processes that no longer run."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for entry in os.scandir(folder):
+        if not entry.name.startswith(_TMP_PREFIX):
+            continue
+        pid = entry.name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _tmp_path(target: Path) -> Path:
+    return target.with_name(f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
+
+
+def _atomic_write_bytes(target: Path, data: bytes) -> None:
+    tmp = _tmp_path(target)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_json(target: Path, obj) -> None:
+    _atomic_write_bytes(target, (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+    keys = sorted((set(old) | set(new)) - INFORMATIONAL_ATTRS)
+    return [f"{k}: {old.get(k, '(unset)')!r} in the cache, {new.get(k, '(unset)')!r} now"
+            for k in keys if old.get(k) != new.get(k)]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class ShardWriter:
+    """Per-video shards under W/features/<modality>.shards/, consolidated into W/features/<modality>.h5.
+
+    Several writers (processes) may fill the same folder at once as long as they write
+    different videos; every file appears atomically.
+    """
+
+    def __init__(self, work: str | os.PathLike, modality: str, attrs: dict):
+        self.work = Path(work)
+        self.modality = _check_modality(modality)
+        self.dir = shard_dir(work, modality)
+        self.attrs = _normalise(attrs)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temps(self.dir)
+        attrs_file = self.dir / "attrs.json"
+        old = json.loads(attrs_file.read_text(encoding="utf-8")) if attrs_file.is_file() else None
+        if old == self.attrs:
+            return
+        if old is not None and self._has_shards():
+            differences = _diff(old, self.attrs)
+            if differences:
+                raise CacheSettingsError(
+                    f"{self.dir} holds {self.modality} features made with other settings:\n  "
+                    + "\n  ".join(differences)
+                    + f"\nEither run again with the cached settings, or delete {self.dir} "
+                    f"(and {cache_path(work, modality)}) to extract {self.modality} again with the new ones.")
+            self.attrs = old  # only informational keys differ: the shards keep their record
+            return
+        _atomic_write_json(attrs_file, self.attrs)
+
+    def _has_shards(self) -> bool:
+        return any(e.name.endswith((".npy", ".missing.json")) and not e.name.startswith(_TMP_PREFIX)
+                   for e in os.scandir(self.dir))
+
+    def _paths(self, video_id: str) -> tuple[Path, Path]:
+        if not isinstance(video_id, str) or not video_id:
+            raise ValueError(f"video id must be a non-empty string, got {video_id!r}")
+        name = shard_name(video_id)
+        return self.dir / f"{name}.npy", self.dir / f"{name}.missing.json"
+
+    def done(self, video_id: str) -> bool:
+        """A shard or a missing-marker exists for this id."""
+        shard, marker = self._paths(video_id)
+        return shard.exists() or marker.exists()
+
+    def write(self, video_id: str, seq: np.ndarray) -> None:
+        """Store one video's sequence `[L, D]` (float32, L >= 1, finite values)."""
+        seq = np.ascontiguousarray(seq, dtype=np.float32)
+        if seq.ndim != 2 or seq.shape[0] == 0 or seq.shape[1] == 0:
+            raise ValueError(f"{self.modality} of {video_id!r}: expected a [L, D] sequence with L, D >= 1, "
+                             f"got shape {seq.shape} (record a video without this modality with missing())")
+        if not np.isfinite(seq).all():
+            raise ValueError(f"{self.modality} of {video_id!r}: the sequence holds NaN or infinite values")
+        shard, marker = self._paths(video_id)
+        tmp = _tmp_path(shard)
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, seq, allow_pickle=False)
+            os.replace(tmp, shard)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        marker.unlink(missing_ok=True)
+
+    def missing(self, video_id: str, reason: str) -> None:
+        """Record that this video has no such modality (no audio track, failed upstream, ...)."""
+        shard, marker = self._paths(video_id)
+        _atomic_write_json(marker, {"id": video_id, "reason": str(reason)})
+        shard.unlink(missing_ok=True)
+
+    def consolidate(self, ids: list[str]) -> Path:
+        """Build W/features/<modality>.h5 from the shards of these ids, in this order.
+
+        Every id needs a shard or a missing-marker. When the shards, markers and settings are
+        the ones the existing .h5 was built from (same digest), the file is left as it is.
+        """
+        _remove_dead_temps(self.dir)
+        _remove_dead_temps(self.dir.parent)
+        ids = list(ids)
+        if len(set(ids)) != len(ids):
+            raise ValueError("consolidate: duplicate ids")
+        present, missing, absent, shapes = [], {}, [], []
+        digest = hashlib.sha256(json.dumps([FORMAT, self.modality, self.attrs], sort_keys=True).encode())
+        for vid in ids:
+            shard, marker = self._paths(vid)
+            try:
+                st = os.stat(shard)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                present.append((vid, shard))
+                digest.update(f"\0S{vid}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogatepass"))
+            elif marker.exists():
+                missing[vid] = json.loads(marker.read_text(encoding="utf-8"))["reason"]
+                digest.update(f"\0M{vid}\0{missing[vid]}".encode("utf-8", "surrogatepass"))
+            else:
+                absent.append(vid)
+        if absent:
+            raise CacheIncompleteError(
+                f"{self.modality}: {len(absent)} of {len(ids)} videos have neither features nor a missing-marker "
+                f"(e.g. {absent[:5]}); extract them first, or record them with missing()")
+        target = cache_path(self.work, self.modality)
+        source_digest = digest.hexdigest()
+        if target.is_file():
+            try:
+                import h5py
+                with h5py.File(target, "r") as f:
+                    if f.attrs.get("source_digest") == source_digest:
+                        return target
+            except OSError:
+                pass  # unreadable: rebuild
+        for vid, shard in present:
+            arr = np.load(shard, mmap_mode="r", allow_pickle=False)
+            shapes.append(arr.shape)
+            del arr
+        dims = {s[1] for s in shapes}
+        if len(dims) > 1:
+            raise CacheError(f"{self.modality}: shards disagree on the feature size ({sorted(dims)}); "
+                             f"delete {self.dir} and extract again")
+        lengths = np.array([s[0] for s in shapes], dtype=np.int64)
+
+        def blocks() -> Iterator[np.ndarray]:
+            for _, shard in present:
+                yield np.load(shard, allow_pickle=False)
+
+        write_consolidated(target, [v for v, _ in present], lengths, dims.pop() if dims else 0, blocks(),
+                           missing, self.attrs, source_digest)
+        return target
+
+
+def write_consolidated(target: Path, ids: list[str], lengths: np.ndarray, dim: int, blocks: Iterable[np.ndarray],
+                       missing: dict[str, str], attrs: dict, source_digest: str | None = None) -> Path:
+    """Write a consolidated cache file atomically; `blocks` yields the rows of `data` in order.
+
+    Used by `ShardWriter.consolidate` and by the benchmarks (which build large caches without
+    per-video shards); this is the only place that knows the file format.
+    """
+    import h5py
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    attrs = _normalise(attrs)
+    tmp = _tmp_path(target)
+    string = h5py.string_dtype("utf-8")
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            data = f.create_dataset("data", shape=(total, dim), dtype=np.float32)
+            row = 0
+            pending: list[np.ndarray] = []
+            pending_rows = 0
+            budget = max(1, BLOCK_BYTES // max(1, dim * 4))
+            for block in blocks:
+                block = np.asarray(block, dtype=np.float32).reshape(-1, dim)
+                pending.append(block)
+                pending_rows += block.shape[0]
+                if pending_rows >= budget:
+                    data[row:row + pending_rows] = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                    row += pending_rows
+                    pending, pending_rows = [], 0
+            if pending:
+                data[row:row + pending_rows] = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                row += pending_rows
+            if row != total:
+                raise CacheError(f"{target.name}: got {row} rows of features, expected {total}")
+            f.create_dataset("offsets", data=offsets)
+            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=string)
+            f.create_dataset("missing_ids", data=np.array(list(missing), dtype=object), dtype=string)
+            f.create_dataset("missing_reasons", data=np.array(list(missing.values()), dtype=object), dtype=string)
+            for key, value in attrs.items():
+                f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
+            f.attrs["attrs_json"] = json.dumps(attrs, sort_keys=True)
+            f.attrs["format"] = FORMAT
+            f.attrs["dim"] = dim
+            f.attrs["source_digest"] = source_digest or secrets.token_hex(16)
+            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _open(work, modality):
+    import h5py
+
+    path = cache_path(work, modality)
+    if not path.is_file():
+        hint = (f"shards exist in {shard_dir(work, modality)} but were never consolidated: run the feature stage again"
+                if shard_dir(work, modality).is_dir() else "run the feature stage (make features) first")
+        raise CacheMissingError(f"no {modality} feature cache at {path}: {hint}")
+    f = h5py.File(path, "r")
+    if int(f.attrs.get("format", -1)) != FORMAT:
+        f.close()
+        raise CacheError(f"{path} has cache format {f.attrs.get('format')!r}, this version reads {FORMAT}; "
+                         "delete it and run the feature stage again")
+    return f
+
+
+def _strings(dataset) -> list[str]:
+    return [s.decode("utf-8", "surrogatepass") if isinstance(s, bytes) else str(s) for s in dataset[()]]
+
+
+def load(work: str | os.PathLike, modality: str) -> Features:
+    """All videos that have this modality: ids, zero-padded float32 `[n, max L, D]`, lengths."""
+    with _open(work, modality) as f:
+        ids = _strings(f["ids"])
+        offsets = f["offsets"][()]
+        data = f["data"]
+        n, dim = len(ids), data.shape[1]
+        lengths = np.diff(offsets).astype(np.int64)
+        width = int(lengths.max()) if n else 0
+        x = np.zeros((n, width, dim), dtype=np.float32)
+        if n == 0:
+            return Features(ids, x, lengths)
+        if (lengths == width).all():
+            data.read_direct(x.reshape(n * width, dim))
+            return Features(ids, x, lengths)
+        flat = x.reshape(n * width, dim)
+        per_block = max(1, BLOCK_BYTES // max(1, width * dim * 4))
+        for a in range(0, n, per_block):
+            b = min(n, a + per_block)
+            rows = data[offsets[a]:offsets[b]]
+            # destination row of every source row: video i's step t goes to i * width + t
+            starts = np.arange(a, b, dtype=np.int64) * width - offsets[a:b] + offsets[a]
+            dest = np.repeat(starts, lengths[a:b]) + np.arange(rows.shape[0], dtype=np.int64)
+            flat[dest] = rows
+        return Features(ids, x, lengths)
+
+
+def missing(work: str | os.PathLike, modality: str) -> dict[str, str]:
+    """Videos recorded without this modality: id -> reason."""
+    with _open(work, modality) as f:
+        return dict(zip(_strings(f["missing_ids"]), _strings(f["missing_reasons"])))
+
+
+def attributes(work: str | os.PathLike, modality: str) -> dict:
+    """The settings the cache was made with (backbone, checkpoint, sha256, weights, ...)."""
+    with _open(work, modality) as f:
+        return json.loads(f.attrs["attrs_json"])
+
+
+def fingerprint(work: str | os.PathLike, modality: str) -> str:
+    """Changes whenever the consolidated cache's content may have changed (for run reuse)."""
+    with _open(work, modality) as f:
+        return str(f.attrs["source_digest"])
+
+
+def random_weights_banner(work: str | os.PathLike, modalities: Iterable[str]) -> str | None:
+    """The warning every report prints first when a backbone ran with random weights."""
+    random_ones = []
+    for m in modalities:
+        if not exists(work, m):
+            continue
+        a = attributes(work, m)
+        if str(a.get("weights", "")).lower() == "random":
+            random_ones.append(f"{m} ({a['backbone']})" if a.get("backbone") else m)
+    if not random_ones:
+        return None
+    return ("WARNING: RANDOM BACKBONE WEIGHTS for " + ", ".join(random_ones) + ". No pretrained checkpoint was "
+            "found, so these features come from untrained networks: the numbers below test the pipeline only and "
+            "are NOT comparable with the published results. Put the checkpoints in the weights folder and extract again.")
