@@ -78,4 +78,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module so worker processes can unpickle the stage by name.
+    from extract.frames import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,140 @@
+"""Flow stage: TV-L1 optical flow for each picked frame, quantised to uint8.
+
+`python -m extract.flow --manifest M --work W [--bound 20] [--flow-backend opencv|torch|auto]`
+writes `W/flow/<key>.npz` with `flow`, uint8 `[T, S, S, 2]` (x then y), deflate-compressed,
+and `bound`. Flow k is computed on grayscale between picked frame k and the source frame that
+follows it (not the next *picked* frame), on the frames stage's geometry, so displacements are
+per source frame as I3D's flow stream expects.
+
+Quantisation: q = round((f + bound) * 255 / (2 * bound)), clipped to 0..255; `dequantise`
+inverts it to within bound/255 px. Zero flow lands on 128 (127.5 rounded).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from extract import clip, stage
+from extract.manifest import Video
+
+NAME, SUFFIX = "flow", ".npz"
+BACKENDS = ("opencv", "torch", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSettings(clip.ClipSettings):
+    bound: float = 20.0
+    backend: str = "opencv"
+    batch_pairs: int = 64  # frame pairs per call of the torch solver
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"flow backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+def quantise(flow: np.ndarray, bound: float) -> np.ndarray:
+    """Displacements in pixels -> uint8, clipped at +-bound."""
+    q = np.round((np.clip(flow, -bound, bound) + bound) * (255.0 / (2 * bound)))
+    return q.astype(np.uint8)
+
+
+def dequantise(q: np.ndarray, bound: float) -> np.ndarray:
+    return q.astype(np.float32) * np.float32(2 * bound / 255.0) - np.float32(bound)
+
+
+def resolve_backend(name: str) -> str:
+    """`auto` is torch when CUDA is available, else OpenCV (the reference implementation)."""
+    if name != "auto":
+        return name
+    try:
+        import torch
+    except ImportError:
+        return "opencv"
+    return "torch" if torch.cuda.is_available() else "opencv"
+
+
+@functools.lru_cache(maxsize=1)
+def opencv_solver():
+    """One DualTVL1 solver per worker process, OpenCV's default parameters (FACTS.md section 7)."""
+    import cv2
+
+    return cv2.optflow.DualTVL1OpticalFlow_create()
+
+
+@functools.lru_cache(maxsize=1)
+def torch_solver():
+    import torch
+
+    from extract.tvl1_torch import TorchTVL1
+
+    return TorchTVL1(device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_pairs(first: np.ndarray, second: np.ndarray, backend: str, batch_pairs: int = 64) -> np.ndarray:
+    """TV-L1 from first[i] to second[i] (uint8 grayscale `[P, H, W]`) -> float32 `[P, H, W, 2]`."""
+    if backend == "torch":
+        solver = torch_solver()
+        return np.concatenate([solver.calc(first[i:i + batch_pairs], second[i:i + batch_pairs])
+                               for i in range(0, len(first), batch_pairs)])
+    solver = opencv_solver()
+    return np.stack([solver.calc(a, b, None) for a, b in zip(first, second)])
+
+
+def clip_flow(video: Video, settings: FlowSettings) -> np.ndarray:
+    """Float flow `[T, S, S, 2]` of one video, per source frame."""
+    picks, frames, partners = clip.decode_picked(video, settings, with_partners=True, gray=True)
+    # Distinct (from, to) pairs only: looping clips repeat picks.
+    pairs = sorted({(int(p), int(q)) for p, q in zip(picks, partners) if q >= 0})
+    flows: dict[tuple[int, int], np.ndarray] = {}
+    if pairs:
+        # A pick on the last frame has no successor: use the step into it (partner is before it).
+        first = np.stack([frames[min(p, q)] for p, q in pairs])
+        second = np.stack([frames[max(p, q)] for p, q in pairs])
+        computed = compute_pairs(first, second, resolve_backend(settings.backend), settings.batch_pairs)
+        flows = dict(zip(pairs, computed))
+    zero = np.zeros((settings.size, settings.size, 2), np.float32)
+    return np.stack([flows.get((int(p), int(q)), zero) for p, q in zip(picks, partners)])
+
+
+def process(video: Video, out: Path, settings: FlowSettings) -> str | None:
+    flow = clip_flow(video, settings)
+    q = quantise(flow, settings.bound)
+    stage.atomic_write(out, lambda f: np.savez_compressed(f, flow=q, bound=np.float32(settings.bound)))
+    return None
+
+
+STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",))
+
+
+def load(work, video_id: str) -> np.ndarray:
+    """The stored flow of one video: uint8 `[T, S, S, 2]` (see `dequantise`)."""
+    path = stage.output_path(work, NAME, video_id, SUFFIX)
+    if not path.is_file():
+        raise FileNotFoundError(f"no flow for {video_id!r} in {Path(work) / NAME} (run the flow stage first)")
+    with np.load(path) as z:
+        return z["flow"]
+
+
+def main(argv=None) -> int:
+    parser = stage.stage_parser(NAME, "TV-L1 optical flow per picked frame, quantised to uint8.")
+    stage.add_geometry_arguments(parser)
+    parser.add_argument("--bound", type=float, default=20.0, help="clip displacements to +-bound pixels")
+    parser.add_argument("--flow-backend", choices=BACKENDS, default="opencv",
+                        help="opencv: OpenCV contrib DualTVL1 on CPU; torch: batched PyTorch TV-L1; auto: torch when CUDA is available")
+    parser.add_argument("--batch-pairs", type=int, default=64, help="frame pairs per torch solver call")
+    args = parser.parse_args(argv)
+    settings = FlowSettings(num_frames=args.num_frames, size=args.size, resize=args.resize, timeout=args.timeout,
+                            bound=args.bound, backend=args.flow_backend, batch_pairs=args.batch_pairs)
+    return stage.run_command(STAGE, args, settings)
+
+
+if __name__ == "__main__":
+    # Run through the importable module so worker processes can unpickle the stage by name.
+    from extract.flow import main as _main
+
+    sys.exit(_main())
