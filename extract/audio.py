@@ -31,7 +31,7 @@ class AudioSettings:
 
 
 def process(video: Video, out: Path, settings: AudioSettings) -> str | None:
-    info = media.probe(video.path)
+    info = media.probe(video.path, timeout=settings.timeout)
     if not info.has_audio:
         examples, padded, note = np.zeros((0, 96, 64), np.float32), False, NO_AUDIO_NOTE
     else:

@@ -75,8 +75,8 @@ def estimated_frame_count(info: media.MediaInfo, video: Video) -> int | None:
     return max(1, int(math.floor(span * info.fps + 0.5)))
 
 
-def probe_video(video: Video) -> media.MediaInfo:
-    info = media.probe(video.path)
+def probe_video(video: Video, timeout: float = media.DEFAULT_TIMEOUT) -> media.MediaInfo:
+    info = media.probe(video.path, timeout=timeout)
     if not info.has_video:
         kind = "audio-only file" if info.has_audio else "no video stream"
         raise media.MediaError(f"{kind}: {video.path}")
@@ -103,7 +103,7 @@ def decode_picked(video: Video, settings: ClipSettings, with_partners: bool = Fa
     decoded once more in full and the picks are made on the frames that really exist.
     Returns (picks, frames by number, partners or None).
     """
-    info = probe_video(video)
+    info = probe_video(video, settings.timeout)
     n_est = estimated_frame_count(info, video)
     if n_est is not None:
         picks = pick_indices(n_est, settings.num_frames)

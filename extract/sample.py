@@ -18,7 +18,7 @@ Every video shows its class through three channels, each of them noisy:
 * and the caption's words (about 15 % of the videos have no caption).
 
 For each video and each channel the cue follows the true class with probability `P_AGREE`
-(0.8) and otherwise contradicts it (it is drawn from one of the other two classes); within a cue
+(0.85) and otherwise contradicts it (it is drawn from one of the other two classes); within a cue
 class the continuous parameters are drawn around the class's centre with overlapping spreads.
 No single channel is therefore perfect, the channels' errors are independent, and combining
 them helps. One video (`neu_0001`) has no audio stream, as some real uploads do.
@@ -53,8 +53,8 @@ CLASSES = ("negative", "neutral", "positive")
 PREFIX = {"negative": "neg", "neutral": "neu", "positive": "pos"}
 WIDTH, HEIGHT, FPS = 360, 640, 30
 AUDIO_RATE = 44100
-P_AGREE = 0.8                    # probability that a channel's cue follows the true class
-SPREAD = 0.5                     # spread of the latent cue around its class centre (centres 1 apart)
+P_AGREE = 0.85                   # probability that a channel's cue follows the true class
+SPREAD = 0.4                     # spread of the latent cue around its class centre (centres 1 apart)
 P_CAPTION = 0.85
 NO_AUDIO_IDS = ("neu_0001",)
 MIN_PER_CLASS = 5                # what a 60/20/20 split needs
@@ -131,19 +131,19 @@ def plan_video(label: str, index: int, seed: int = 0, min_seconds: float = 3.0, 
 
     v = (visual_cue - 1) + rng.normal(0.0, SPREAD)
     hue = float((220.0 - 90.0 * (v + 1.0) + rng.normal(0.0, 12.0)) % 360.0)
-    brightness = float(np.clip(0.52 + 0.2 * v, 0.12, 0.95))
-    saturation = float(np.clip(0.45 + 0.18 * v + rng.normal(0.0, 0.08), 0.08, 0.95))
+    brightness = float(np.clip(0.5 + 0.22 * v, 0.12, 0.95))
+    saturation = float(np.clip(0.55 + 0.1 * v + rng.normal(0.0, 0.08), 0.15, 0.95))
 
     m = (motion_cue - 1) + rng.normal(0.0, SPREAD)
-    speed = float(2.2 * np.exp(0.8 * m))
+    speed = float(2.0 * np.exp(1.0 * m))
     heading = (90.0, 0.0 if rng.random() < 0.5 else 180.0, -90.0)[motion_cue]
     direction = float(heading + rng.normal(0.0, 30.0))
-    shapes = int(rng.integers(3, 8))
-    shake = float(rng.uniform(0.0, 2.5))
+    shapes = int(rng.integers(4, 7))
+    shake = float(rng.uniform(0.0, 0.5) if rng.random() < 0.9 else rng.uniform(1.0, 2.0))   # a few shaky videos
 
     a = (audio_cue - 1) + rng.normal(0.0, SPREAD)
-    root_hz = float(196.0 * 2.0 ** (0.5 * a))
-    tempo_bpm = float(100.0 * 1.4 ** a)
+    root_hz = float(196.0 * 2.0 ** (0.6 * a))
+    tempo_bpm = float(100.0 * 1.45 ** a)
     mode = MODE_OF_CUE[audio_cue] if rng.random() < 0.8 else str(rng.choice(MODE_OF_CUE))
     noise = float(rng.uniform(0.01, 0.12))
 
@@ -186,11 +186,13 @@ def _rgb(hue: float, saturation: float, value: float) -> np.ndarray:
 
 class _Shape:
     def __init__(self, rng: np.random.Generator, plan: Plan, canvas_h: int, canvas_w: int):
-        self.r = int(rng.integers(18, 56))
+        self.r = int(rng.integers(22, 61))
         yy, xx = np.mgrid[-self.r: self.r + 1, -self.r: self.r + 1]
         self.mask = (xx ** 2 + yy ** 2 <= self.r ** 2) if rng.random() < 0.6 else np.ones_like(xx, dtype=bool)
-        hue = plan.hue + float(rng.choice([-150.0, 150.0, 180.0])) + rng.normal(0.0, 20.0)
-        self.colour = _rgb(hue, plan.saturation + 0.3, plan.brightness + 0.3).astype(np.uint8)
+        # the background's hues, lighter on a dark background and darker on a light one
+        hue = plan.hue + rng.normal(0.0, 25.0)
+        value = plan.brightness + (0.35 if plan.brightness < 0.55 else -0.35) + rng.normal(0.0, 0.05)
+        self.colour = _rgb(hue, plan.saturation + 0.2, value).astype(np.uint8)
         angle = np.deg2rad(plan.direction + rng.normal(0.0, 15.0))
         speed = plan.speed * float(np.clip(1.0 + rng.normal(0.0, 0.2), 0.4, 1.8))
         self.v = np.array([np.sin(angle), np.cos(angle)]) * speed        # (dy, dx)
@@ -215,7 +217,7 @@ def render_frames(plan: Plan):
     bottom = _rgb(plan.hue + 25.0, plan.saturation * 0.8, plan.brightness * 0.65)
     ramp = np.linspace(0.0, 1.0, ch)[:, None, None]
     background = top * (1.0 - ramp) + bottom * ramp                       # [ch, 1, 3]
-    blocks = rng.normal(0.0, 5.0, size=(-(-ch // 8), -(-cw // 8), 1))
+    blocks = rng.normal(0.0, 3.0, size=(-(-ch // 8), -(-cw // 8), 1))
     texture = np.repeat(np.repeat(blocks, 8, axis=0), 8, axis=1)[:ch, :cw]
     background = np.clip(background + texture, 0, 255).astype(np.uint8)    # [ch, cw, 3]
     shapes = [_Shape(rng, plan, ch, cw) for _ in range(plan.shapes)]

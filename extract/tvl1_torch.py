@@ -50,7 +50,7 @@ prints pairs/s of this module and of OpenCV on the same pairs, plus their agreem
 from __future__ import annotations
 
 import argparse
-import math
+import functools
 import time
 from typing import Sequence
 
@@ -87,13 +87,121 @@ def _as_batch(x, name: str) -> tuple[torch.Tensor, bool]:
     return t, single
 
 
+def _odd_even_merge_sort(n: int) -> list[tuple[int, int]]:
+    """Comparators (lo, hi) of Batcher's odd-even merge sort on n wires (n a power of two)."""
+    comps = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        comps.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return comps
+
+
+def _fold_network(n_wires: int, ascending: Sequence[Sequence[int]], outputs: Sequence[int],
+                  comparators: Sequence[tuple[int, int]]) -> tuple:
+    """Specialise a comparator network to inputs with known order and to the outputs actually used.
+
+    `ascending` lists chains of wires whose values are known to be in ascending order (a wire that
+    holds -inf can be given as a chain before every wire, +inf after every wire). Walking the network
+    while tracking which wire is known to be <= which, a comparator with a known outcome becomes
+    nothing or a swap of wires; afterwards a backward pass keeps only the min/max results that the
+    `outputs` depend on. Returns the program: steps ("swap", a, b) or (a, b, want_min, want_max)."""
+    le = np.eye(n_wires, dtype=bool)  # le[i, j]: value on wire i <= value on wire j, for sure
+    for chain in ascending:
+        for i, a in enumerate(chain):
+            le[a, list(chain[i:])] = True
+    steps = []
+    for a, b in comparators:
+        if le[a, b]:
+            continue
+        if le[b, a]:
+            le[[a, b]] = le[[b, a]]
+            le[:, [a, b]] = le[:, [b, a]]
+            steps.append(("swap", a, b))
+            continue
+        below_a, below_b = le[:, a].copy(), le[:, b].copy()
+        above_a, above_b = le[a].copy(), le[b].copy()
+        le[a], le[:, a] = above_a | above_b, below_a & below_b  # min goes to wire a
+        le[b], le[:, b] = above_a & above_b, below_a | below_b  # max goes to wire b
+        le[a, a] = le[b, b] = le[a, b] = True
+        le[b, a] = False
+        steps.append((a, b))
+    needed = set(outputs)
+    program = []
+    for step in reversed(steps):
+        if step[0] == "swap":
+            _, a, b = step
+            had_a, had_b = a in needed, b in needed
+            needed.difference_update((a, b))
+            if had_a:
+                needed.add(b)
+            if had_b:
+                needed.add(a)
+            program.append(step)
+        else:
+            a, b = step
+            if a in needed or b in needed:
+                program.append((a, b, a in needed, b in needed))
+                needed.update((a, b))
+    program.reverse()
+    return tuple(program)
+
+
+def _padded_network(count: int, sorted_chains: Sequence[Sequence[int]], ranks: Sequence[int]):
+    """Batcher's network over the next power of two >= count, spare wires holding -inf/+inf split
+    evenly, folded for the given input chains; -> (program, output wires of the wanted ranks)."""
+    n = 1
+    while n < count:
+        n *= 2
+    low = (n - count) // 2
+    lows, highs = range(count, count + low), range(count + low, n)
+    chains = [list(c) for c in sorted_chains]
+    chains += [[w, x] for w in lows for x in range(n)] + [[x, w] for w in highs for x in range(n)]
+    outputs = [low + r for r in ranks]
+    return _fold_network(n, chains, outputs, _odd_even_merge_sort(n)), outputs
+
+
+@functools.lru_cache(maxsize=None)
+def _median_programs(k: int):
+    """Min/max programs for a k x k median (k odd) in two stages: sort every vertical run of k
+    values once (shared by the k windows that contain it), then select the middle value of the
+    k sorted columns of a window. For k = 5: 18 + 150 elementwise min/max, against 212 for a
+    network over 25 unsorted values and far cheaper than torch.median over unfolded windows."""
+    columns, col_out = _padded_network(k, [], range(k))
+    chains = [range(c * k, c * k + k) for c in range(k)]
+    select, (med_out,) = _padded_network(k * k, chains, [k * k // 2])
+    return columns, col_out, select, med_out
+
+
+def _run_program(wires: list, program) -> list:
+    """Apply a min/max program to a list of tensors (in place on the list)."""
+    for step in program:
+        if step[0] == "swap":
+            _, a, b = step
+            wires[a], wires[b] = wires[b], wires[a]
+            continue
+        a, b, want_min, want_max = step
+        x, y = wires[a], wires[b]
+        if want_min:
+            wires[a] = torch.minimum(x, y)
+        if want_max:
+            wires[b] = torch.maximum(x, y)
+    return wires
+
+
 class TorchTVL1:
     """Batched TV-L1 optical flow; `calc(prev, nxt)` mirrors OpenCV's `calc(prev, next)`."""
 
     def __init__(self, tau=0.25, lambda_=0.15, theta=0.3, nscales=5, warps=5, epsilon=0.01,
                  inner_iterations=30, outer_iterations=10, scale_step=0.8, gamma=0.0,
                  median_filtering=5, device="cpu", dtype=torch.float32,
-                 remap_subpixel_bits="auto", sync_every=None):
+                 remap_subpixel_bits="auto", sync_every=None, compact_ratio=0.75):
         if gamma != 0:
             raise NotImplementedError("gamma != 0 (illumination term) is not implemented")
         if nscales < 1:
@@ -119,6 +227,7 @@ class TorchTVL1:
         if sync_every is None:
             sync_every = 1 if self.device.type == "cpu" else 5
         self.sync_every = max(1, int(sync_every))
+        self.compact_ratio = float(compact_ratio)
         self._axis_cache: dict = {}
 
     # ------------------------------------------------------------------ public API
@@ -257,73 +366,118 @@ class TorchTVL1:
         return out.reshape(b, c, h, w)
 
     def _median(self, u: torch.Tensor) -> torch.Tensor:
-        """k x k median of each flow component, borders replicated; u [B, 2, H, W]."""
+        """k x k median of each flow component, borders replicated (OpenCV medianBlur); u [B, 2, H, W]."""
         k = self.median_filtering
         r = k // 2
-        b, c, h, w = u.shape
+        h, w = u.shape[-2:]
+        columns, col_out, select, med_out = _median_programs(k)
         padded = F.pad(u, (r, r, r, r), mode="replicate")
-        windows = padded.unfold(2, k, 1).unfold(3, k, 1).reshape(b, c, h, w, k * k)
-        return windows.median(dim=-1).values
+        wires = [padded[..., dy:dy + h, :] for dy in range(k)]
+        wires = _run_program(wires + [None] * k, columns)
+        ranked = [wires[o] for o in col_out]  # ranked[i]: i-th smallest of each vertical run of k
+        wires = [ranked[i][..., dx:dx + w] for dx in range(k) for i in range(k)]
+        return _run_program(wires + [None] * (k * k), select)[med_out]
 
     # ------------------------------------------------------------------ one pyramid level
     def _one_level(self, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         b, h, w = i0.shape
         dev, dt = i0.device, i0.dtype
-        eps_scaled = float(np.float32(self.epsilon * self.epsilon * h * w))
-        lt = float(np.float32(self.lambda_ * self.theta))
-        taut = float(np.float32(self.tau / self.theta))
-        theta = float(np.float32(self.theta))
-
         i1x, i1y = self._centred_gradient(i1)
         stack = torch.stack((i1, i1x, i1y), dim=1)  # [B, 3, H, W]
         base_y, base_x = torch.meshgrid(torch.arange(h, device=dev, dtype=dt),
                                         torch.arange(w, device=dev, dtype=dt), indexing="ij")
-
         px = torch.zeros(b, 2, h, w, device=dev, dtype=dt)  # dual variable, x parts (for u1, u2)
         py = torch.zeros(b, 2, h, w, device=dev, dtype=dt)  # dual variable, y parts
-        gx = torch.zeros(b, 2, h, w, device=dev, dtype=dt)  # forward differences (last col/row stay 0)
-        gy = torch.zeros(b, 2, h, w, device=dev, dtype=dt)
-
         for _ in range(self.warps):
             warped = self._warp(stack, u, base_x, base_y)
             i1w, ig = warped[:, 0], warped[:, 1:]  # ig: [B, 2, H, W] = (I1w_x, I1w_y)
             grad = (ig * ig).sum(dim=1, keepdim=True)
             rho_c = (i1w - ig[:, 0] * u[:, 0] - ig[:, 1] * u[:, 1] - i0).unsqueeze(1)
-            # threshold step: v = u + clamp(-rho / |grad|^2, -lt, lt) * grad
             grad_safe = torch.where(grad > _FLT_EPSILON, grad, torch.full_like(grad, 1e-30))
-
-            active = torch.ones(b, device=dev, dtype=torch.bool)
-            all_done = False
-            step = 0
-            for _outer in range(self.outer_iterations):
-                if self.median_filtering > 1:
-                    a4 = active.view(b, 1, 1, 1)
-                    u = torch.where(a4, self._median(u), u)
-                for _inner in range(self.inner_iterations):
-                    a4 = active.view(b, 1, 1, 1)
-                    rho = rho_c + (ig * u).sum(dim=1, keepdim=True)
-                    coef = torch.clamp(-rho / grad_safe, -lt, lt)
-                    v = u + coef * ig
-                    div = px + py
-                    div[..., 1:] -= px[..., :-1]
-                    div[..., 1:, :] -= py[..., :-1, :]
-                    u_new = v + theta * div
-                    diff = u_new - u
-                    err = (diff * diff).sum(dim=(1, 2, 3))
-                    u = torch.where(a4, u_new, u)
-                    torch.sub(u_new[..., 1:], u_new[..., :-1], out=gx[..., :-1])
-                    torch.sub(u_new[..., 1:, :], u_new[..., :-1, :], out=gy[..., :-1, :])
-                    norm = 1.0 + taut * torch.hypot(gx, gy)
-                    px = torch.where(a4, (px + taut * gx) / norm, px)
-                    py = torch.where(a4, (py + taut * gy) / norm, py)
-                    active = active & (err > eps_scaled)
-                    step += 1
-                    if step % self.sync_every == 0 and not bool(active.any()):
-                        all_done = True
-                        break
-                if all_done or not bool(active.any()):
-                    break
+            u, px, py = self._iterate(u, px, py, ig, grad_safe, rho_c)
         return u
+
+    def _iterate(self, u, px, py, ig, grad_safe, rho_c):
+        """The outer/inner iterations of one warp. Pairs that meet the stopping test are frozen
+        (masked) and, once at most `compact_ratio` of the working set is still active, dropped from
+        it (their state written back), so that converged pairs cost nothing afterwards."""
+        b, _, h, w = u.shape
+        eps_scaled = float(np.float32(self.epsilon * self.epsilon * h * w))
+        lt = float(np.float32(self.lambda_ * self.theta))
+        taut = float(np.float32(self.tau / self.theta))
+        theta = float(np.float32(self.theta))
+        exact_sync = self.sync_every == 1
+
+        rows = None  # batch rows of the working set; None: all of them, in order
+        full = None  # (u, px, py) of the whole batch once the working set is a subset
+        n = b
+        active = torch.ones(n, device=u.device, dtype=torch.bool)
+        all_active = exact_sync  # on the host: every working pair known to be still iterating
+        gx = torch.zeros_like(u)  # forward differences; last column / row stay 0
+        gy = torch.zeros_like(u)
+        step = 0
+        finished = False
+        for _outer in range(self.outer_iterations):
+            if self.median_filtering > 1:
+                med = self._median(u)
+                u = med if all_active else torch.where(active.view(n, 1, 1, 1), med, u)
+            for _inner in range(self.inner_iterations):
+                # threshold step: v = u + clamp(-rho / |grad I1w|^2, -lt, lt) * grad I1w
+                rho = torch.addcmul(rho_c, ig[:, :1], u[:, :1]).addcmul_(ig[:, 1:], u[:, 1:])
+                coef = rho.div_(grad_safe).neg_().clamp_(-lt, lt)
+                v = torch.addcmul(u, coef, ig)
+                # u = v + theta * div p, backward differences, zero before the first row / column
+                div = px + py
+                div[..., 1:] -= px[..., :-1]
+                div[..., 1:, :] -= py[..., :-1, :]
+                u_new = v.add_(div, alpha=theta)
+                diff = u_new - u
+                err = diff.mul_(diff).sum(dim=(1, 2, 3))
+                # dual step on the forward differences of the new u
+                torch.sub(u_new[..., 1:], u_new[..., :-1], out=gx[..., :-1])
+                torch.sub(u_new[..., 1:, :], u_new[..., :-1, :], out=gy[..., :-1, :])
+                norm = torch.hypot(gx, gy).mul_(taut).add_(1.0)
+                px_new = torch.add(px, gx, alpha=taut).div_(norm)
+                py_new = torch.add(py, gy, alpha=taut).div_(norm)
+                if all_active:
+                    u, px, py = u_new, px_new, py_new
+                else:  # pairs that converged earlier in this warp keep their state
+                    a4 = active.view(n, 1, 1, 1)
+                    u = torch.where(a4, u_new, u)
+                    px = torch.where(a4, px_new, px)
+                    py = torch.where(a4, py_new, py)
+                active = active & (err > eps_scaled)
+                step += 1
+                if step % self.sync_every:
+                    all_active = False
+                    continue
+                n_active = int(active.sum())  # host sync
+                if n_active == 0:
+                    finished = True
+                    break
+                if n_active <= self.compact_ratio * n:
+                    keep = torch.nonzero(active).squeeze(1)
+                    if rows is None:
+                        full = (u, px, py)
+                        rows = keep
+                    else:
+                        for dst, src in zip(full, (u, px, py)):
+                            dst.index_copy_(0, rows, src)
+                        rows = rows.index_select(0, keep)
+                    u, px, py, ig, grad_safe, rho_c = (
+                        t.index_select(0, keep) for t in (u, px, py, ig, grad_safe, rho_c))
+                    n = n_active
+                    active = torch.ones(n, device=u.device, dtype=torch.bool)
+                    gx = torch.zeros_like(u)
+                    gy = torch.zeros_like(u)
+                all_active = exact_sync and n_active == n
+            if finished or not bool(active.any()):
+                break
+        if rows is None:
+            return u, px, py
+        for dst, src in zip(full, (u, px, py)):
+            dst.index_copy_(0, rows, src)
+        return full
 
 
 # ---------------------------------------------------------------------- benchmark CLI
