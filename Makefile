@@ -66,6 +66,33 @@ flow: $(STAMP) $(MANIFEST)
 audio: $(STAMP) $(MANIFEST)
 	$(PY) -m extract.audio $(STAGE_ARGS) $(PARTIAL_OK)
 
+# features: all four backbones; WEIGHTS=random runs seeded random backbones (numbers not comparable).
+features: $(STAMP)
+	for m in rgb flow audio rgb2d; do \
+	  $(PY) -m features.extract --modality $$m --manifest $(MANIFEST) --work $(WORK) --weights $(WEIGHTS) --device $(DEVICE) $(PARTIAL_OK) || exit $$?; \
+	done
+
+weights: $(STAMP)
+	$(PY) -m features.weights --out $(WEIGHTS)
+
+table: $(STAMP)
+	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET)
+
+# The demo: sample dataset -> stages -> features (random weights unless WEIGHTS holds checkpoints) -> table.
 demo: $(STAMP)
 	$(PY) -m extract.sample --out $(SAMPLE)
 	$(MAKE) --no-print-directory frames flow audio $(DEMO_ARGS)
+	$(MAKE) --no-print-directory features $(DEMO_ARGS) WEIGHTS=$$( [ -f $(WEIGHTS)/rgb_imagenet.pt ] && echo $(WEIGHTS) || echo random )
+	$(MAKE) --no-print-directory table $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m extract.bench
+
+bench-cache: $(STAMP)
+	$(PY) -m features.bench_cache
+
+bench-classify: $(STAMP)
+	$(PY) -m classify.bench
+
+clean-demo:
+	rm -rf $(DEMO_WORK)
