@@ -18,7 +18,9 @@ audio: one 128-d embedding per 0.96 s example; with `pca=True` the AudioSet PCA 
 Batching: `embed` takes any number of videos of any lengths. rgb/flow clips of equal shape are
 stacked into batches of `batch_size` clips; audio examples and rgb2d frames of all videos are
 concatenated, run `batch_size` rows at a time and split back per video. Results do not depend on
-how videos are grouped into calls (up to float rounding on the GPU).
+how videos are grouped into calls (up to float rounding on the GPU). `batch_size` counts rows per
+forward pass (clips, examples or frames); `videos_per_call` is the number of videos a driver
+should gather per `embed` call (its loader batch), chosen per device to bound host memory.
 
 Devices: 'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available). On CUDA with `amp=True` the
 forward runs under autocast in bfloat16 (float16 where the GPU lacks bfloat16); outputs are
@@ -65,6 +67,12 @@ DIMS = {"rgb": I3D_DIM, "flow": I3D_DIM, "audio": VGGISH_DIM, "rgb2d": RESNET_DI
 DEFAULT_BATCH = {
     "cpu": {"rgb": 1, "flow": 1, "audio": 64, "rgb2d": 32},
     "cuda": {"rgb": 8, "flow": 8, "audio": 512, "rgb2d": 256},
+}
+# Default videos per `embed` call (what a driver should put in one loader batch): about one
+# forward's worth of rows, so host memory stays bounded (an rgb2d video is 79 frames, ~48 MB).
+DEFAULT_VIDEOS_PER_CALL = {
+    "cpu": {"rgb": 1, "flow": 1, "audio": 8, "rgb2d": 1},
+    "cuda": {"rgb": 8, "flow": 8, "audio": 32, "rgb2d": 4},
 }
 _PREPARE: dict[str, Callable] = {
     "rgb": inputs.rgb_clip,
@@ -163,7 +171,11 @@ class Backbone:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             self.amp_dtype = torch.float32
-        self.batch_size = batch_size or DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"][modality]
+        kind = "cuda" if device.type == "cuda" else "cpu"
+        # rows per forward pass: clips (rgb/flow), examples (audio), frames (rgb2d)
+        self.batch_size = batch_size or DEFAULT_BATCH[kind][modality]
+        # videos per embed() call a driver should gather (a loader batch); not rows
+        self.videos_per_call = DEFAULT_VIDEOS_PER_CALL[kind][modality]
 
     def __repr__(self) -> str:
         return (

@@ -42,7 +42,7 @@ SHAPES = {
 CLASSES = ("negative", "neutral", "positive")
 # Per modality: strength of the class signal (0 = pure noise). Chosen so that single heads land
 # roughly where the published DMVER heads do (about 40 to 60 % on three classes).
-SIGNAL = {"rgb": 0.55, "flow": 0.6, "audio": 0.4, "rgb2d": 0.35}
+SIGNAL = {"rgb": 0.9, "flow": 1.0, "audio": 0.55, "rgb2d": 0.5}
 
 
 def synthetic_videos(n: int) -> list[tuple[str, str, str]]:
@@ -75,6 +75,7 @@ def synthetic_cache(work: str | os.PathLike, n: int, modalities=tuple(SHAPES), s
         y = labels[has]
         strength = SIGNAL[m] if signal else 0.0
         patterns = rng.standard_normal((len(CLASSES), dim), dtype=np.float32)
+        patterns /= np.linalg.norm(patterns, axis=1, keepdims=True)
         # each modality sees the true class of most videos, and a random one of the others
         seen = np.where(rng.random(len(y)) < 0.75, y, rng.integers(0, len(CLASSES), len(y)))
 

@@ -119,7 +119,7 @@ def _normalise(attrs: dict) -> dict:
         raise TypeError(f"cache settings must be JSON values (str, number, bool, list, dict): {exc}") from None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -138,7 +138,7 @@ def _remove_dead_temps(folder: Path) -> int:
         if not entry.name.startswith(_TMP_PREFIX):
             continue
         pid = entry.name[len(_TMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             try:
                 os.unlink(entry.path)
                 removed += 1

@@ -42,13 +42,40 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _numpy_globals() -> list:
+    """Data-only numpy globals that a pickled ndarray needs, under numpy 1 and numpy 2 names.
+
+    Some converted checkpoints store numpy arrays instead of tensors (a PCA parameter file may);
+    allowing exactly these keeps `weights_only=True` (no arbitrary code) and still reads them."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    allowed: list = [
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+    ]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return allowed
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a plain `{name: tensor}` state dict on the CPU, without executing pickled code."""
+    """Load a plain `{name: tensor}` state dict on the CPU, without executing pickled code.
+
+    `torch.load(path, map_location="cpu", weights_only=True)`; numpy array values (see
+    `_numpy_globals`) are accepted and turned into tensors."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # damaged zip, truncated pickle, random bytes, disallowed globals ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
@@ -59,6 +86,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"checkpoint {path}: holds a {type(state).__name__}, not a state dict of tensors"
         )
+    import numpy as np
+
+    state = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
     bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(

@@ -95,7 +95,8 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
     started = time.perf_counter()
     work = Path(work).resolve()
     stage_name, _, _ = SOURCES[modality]
-    backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed, pca=pca)
+    backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed, pca=pca,
+                                       batch_size=batch_size)
     attrs = {**backbone.info(), "backbone": type(backbone.model).__name__,
              "weights": "random" if backbone.checkpoint == "random" else "pretrained",
              "stage": stage_name, "stage_settings": source_settings(work, stage_name),
@@ -118,8 +119,7 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
             writer.missing(v.id, failed_upstream.get(v.id, f"not extracted: no {stage_name} output (run the {stage_name} stage)"))
             counts["missing"] += 1
 
-    batch = batch_size or backbone.batch_size
-    loader = torch.utils.data.DataLoader(_Inputs(work, modality, todo), batch_size=batch, collate_fn=_first,
+    loader = torch.utils.data.DataLoader(_Inputs(work, modality, todo), batch_size=backbone.videos_per_call, collate_fn=_first,
                                          num_workers=loaders, prefetch_factor=4 if loaders else None)
     from tqdm import tqdm
 
@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", required=True)
     parser.add_argument("--weights", default="weights", help="folder of the public checkpoints (make weights), or 'random'")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--batch-size", type=int, help="videos per forward pass (default: by device and modality)")
+    parser.add_argument("--batch-size", type=int,
+                        help="rows per forward pass: clips (rgb, flow), examples (audio), frames (rgb2d); default by device and modality")
     parser.add_argument("--loaders", type=int, default=1, help="DataLoader worker processes preparing inputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of --weights random")
     parser.add_argument("--pca", action="store_true", help="audio: AudioSet PCA post-processing of VGGish embeddings")

@@ -14,7 +14,8 @@
 Each file is downloaded to a temporary name beside its destination (`.NAME.part-PID`), checked
 (it must load strictly into its model, see `features.checkpoints`; the torchvision file's name
 carries the first 8 hex digits of its SHA-256, which is checked too) and only then renamed into
-place atomically, so an interrupted or bad download never leaves a file under the real name.
+place atomically, so an interrupted or bad download never leaves a file under the real name
+(temporary files of killed runs are removed by the next download of that file).
 Files already present and valid are skipped; a present but invalid file is fetched again.
 
 Without network access the first download fails at once (connection errors are immediate;
@@ -27,6 +28,7 @@ The URL table is `URLS`; `fetch_weights(..., urls={...})` overrides it (tests us
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import sys
 import urllib.error
@@ -139,6 +141,22 @@ def verify_file(name: str, path: str | os.PathLike, check_hash: bool = True) -> 
     return "ResNet-18, 512-d features"
 
 
+def _remove_stale_parts(dest: Path) -> None:
+    """Delete `.NAME.part-PID` files left by downloads whose process is gone (killed runs)."""
+    for part in dest.parent.glob(f".{dest.name}.part-*"):
+        pid = part.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: another download of the same file
+        except ProcessLookupError:
+            pass
+        except OSError:  # exists but not ours to signal
+            continue
+        part.unlink(missing_ok=True)
+
+
 def download_file(
     url: str,
     dest: str | os.PathLike,
@@ -155,6 +173,7 @@ def download_file(
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(dest)
     tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
     request = urllib.request.Request(url, headers={"User-Agent": "dmver-bench-weights/1"})
     try:
@@ -176,7 +195,7 @@ def download_file(
                         bar.update(len(block))
         except urllib.error.HTTPError as exc:
             raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, OSError) as exc:  # DNS, refused, timeout, reset ...
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # DNS, refused, timeout ...
             reason = getattr(exc, "reason", exc)
             raise DownloadError(f"{url}: {reason}") from exc
         if total is not None and received != total:

@@ -9,6 +9,7 @@ import ast
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
@@ -53,3 +54,13 @@ def randomized_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tenso
 def without_counters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The same state as files saved by old PyTorch releases: no num_batches_tracked."""
     return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run these small-tensor tests single-threaded: on a busy 2-core machine OpenMP's
+    multi-threaded kernels can be 10-50x slower than one thread. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

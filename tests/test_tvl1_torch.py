@@ -219,6 +219,21 @@ def test_building_blocks_match_opencv(tvl1):
     ours = tvl1._warp(t[:, None], torch.from_numpy(flow)[None], torch.from_numpy(xs), torch.from_numpy(ys))
     assert np.abs(ours[0, 0].numpy() - ref).max() < 1e-2
 
-    med = tvl1._median(torch.from_numpy(flow)[None])[0].numpy()
+    for k in (3, 5):
+        med = TorchTVL1(median_filtering=k)._median(torch.from_numpy(flow)[None])[0].numpy()
+        for c in range(2):
+            np.testing.assert_array_equal(med[c], cv2.medianBlur(flow[c], k))
+    ties = np.round(flow * 2) / 2  # many equal values
+    med = tvl1._median(torch.from_numpy(ties)[None])[0].numpy()
     for c in range(2):
-        np.testing.assert_array_equal(med[c], cv2.medianBlur(flow[c], 5))
+        np.testing.assert_array_equal(med[c], cv2.medianBlur(ties[c], 5))
+
+
+def test_dropping_converged_pairs_changes_nothing(synthetic):
+    """The working-set compaction (compact_ratio) and the sync interval only change the speed."""
+    names = list(synthetic)
+    prev = np.stack([synthetic[n][0] for n in names])
+    nxt = np.stack([synthetic[n][1] for n in names])
+    plain = TorchTVL1(compact_ratio=0.0, sync_every=3).calc(prev, nxt)
+    default = np.stack([synthetic[n][2] for n in names])
+    assert np.abs(plain - default).max() < 1e-3

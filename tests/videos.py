@@ -266,15 +266,20 @@ def frame_times(path) -> list:
     return [int(line.split(",")[2]) * scale for line in out.splitlines() if line and not line.startswith("#")]
 
 
-def decode_frames(path, autorotate: bool = True) -> np.ndarray:
-    """All video frames as uint8 RGB `[T, H, W, 3]` (FFmpeg's rotation applied unless `autorotate=False`)."""
+def decode_frames(path, autorotate: bool = True, size: tuple | None = None) -> np.ndarray:
+    """All video frames as uint8 RGB `[T, H, W, 3]` (FFmpeg's rotation applied unless
+    `autorotate=False`); `size=(w, h)` scales them (area averaging) to keep big videos cheap."""
     info = describe(path)["video"]
     w, h = info["width"], info["height"]
     if autorotate and int(round(info["rotation"])) % 180 != 0:
         w, h = h, w
+    scale = []
+    if size:
+        w, h = size
+        scale = ["-vf", f"scale={w}:{h}:flags=area"]
     command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin",
                *([] if autorotate else ["-noautorotate"]), "-i", str(path),
-               "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+               "-map", "0:v:0", *scale, "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     out = subprocess.run(command, capture_output=True, check=True).stdout
     return np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)
 
