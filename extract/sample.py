@@ -83,7 +83,7 @@ class Plan:
     index: int
     seconds: float
     frames: int
-    seed: list
+    seed: tuple
     # the class each channel's cue was drawn from (== CLASSES.index(label) when it agrees)
     visual_cue: int
     motion_cue: int
@@ -154,7 +154,7 @@ def plan_video(label: str, index: int, seed: int = 0, min_seconds: float = 3.0, 
         text = " ".join(str(w) for w in rng.permutation(np.array(words, dtype=object)))
     vid = f"{PREFIX[label]}_{index:04d}"
     return Plan(id=vid, label=label, index=int(index), seconds=round(frames / FPS, 4), frames=frames,
-                seed=[int(seed), cls, int(index)], visual_cue=visual_cue, motion_cue=motion_cue,
+                seed=(int(seed), cls, int(index)), visual_cue=visual_cue, motion_cue=motion_cue,
                 audio_cue=audio_cue, text_cue=text_cue, hue=hue, saturation=saturation, brightness=brightness,
                 speed=speed, direction=direction, shapes=shapes, shake=shake, has_audio=vid not in NO_AUDIO_IDS,
                 mode=mode, root_hz=root_hz, tempo_bpm=tempo_bpm, noise=noise, text=text)
@@ -279,16 +279,23 @@ def render_video(plan: Plan, path: str | os.PathLike) -> Path:
                 "-threads", "2", "-movflags", "+faststart", "-metadata", f"comment=dmver-sample {plan.id}",
                 "-f", "mp4", str(tmp)]
     try:
+        # -loglevel error keeps stderr far below a pipe's buffer, so reading it last cannot block
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            for frame in render_frames(plan):
-                proc.stdin.write(frame.tobytes())
-        except BrokenPipeError:
-            pass
-        finally:
-            proc.stdin.close()
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
+            try:
+                for frame in render_frames(plan):
+                    proc.stdin.write(frame)
+            except BrokenPipeError:
+                pass                                    # ffmpeg stopped early: its message says why
+            finally:
+                proc.stdin.close()
+            err = proc.stderr.read().decode(errors="replace")
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if returncode != 0:
             raise RuntimeError(f"ffmpeg failed on {plan.id}: {err[-2000:]}")
         os.replace(tmp, path)
     finally:
@@ -385,7 +392,7 @@ def load_plans(out: str | os.PathLike) -> list[Plan]:
     stamp = _read_stamp(Path(out))
     if "plans" not in stamp:
         raise FileNotFoundError(f"no {STAMP} with plans in {out}")
-    return [Plan(**p) for p in stamp["plans"]]
+    return [Plan(**{**p, "seed": tuple(p["seed"])}) for p in stamp["plans"]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

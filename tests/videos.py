@@ -269,14 +269,15 @@ def frame_times(path) -> list:
 def decode_frames(path, autorotate: bool = True, size: tuple | None = None) -> np.ndarray:
     """All video frames as uint8 RGB `[T, H, W, 3]` (FFmpeg's rotation applied unless
     `autorotate=False`); `size=(w, h)` scales them (area averaging) to keep big videos cheap."""
-    info = describe(path)["video"]
-    w, h = info["width"], info["height"]
-    if autorotate and int(round(info["rotation"])) % 180 != 0:
-        w, h = h, w
     scale = []
-    if size:
+    if size:                                    # the scaler runs after the rotation: no probe needed
         w, h = size
         scale = ["-vf", f"scale={w}:{h}:flags=area"]
+    else:
+        info = describe(path)["video"]
+        w, h = info["width"], info["height"]
+        if autorotate and int(round(info["rotation"])) % 180 != 0:
+            w, h = h, w
     command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin",
                *([] if autorotate else ["-noautorotate"]), "-i", str(path),
                "-map", "0:v:0", *scale, "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
@@ -284,10 +285,12 @@ def decode_frames(path, autorotate: bool = True, size: tuple | None = None) -> n
     return np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)
 
 
-def decode_audio(path, rate: int = 16000) -> np.ndarray:
-    """The first audio stream as float32 `[samples, channels]` at `rate` Hz."""
-    channels = describe(path)["audio"]["channels"]
+def decode_audio(path, rate: int = 16000, channels: int | None = None) -> np.ndarray:
+    """The first audio stream as float32 `[samples, channels]` at `rate` Hz (`channels`: mix to
+    that many; default: as stored, which costs a probe)."""
+    if channels is None:
+        channels = describe(path)["audio"]["channels"]
     command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(path), "-map", "0:a:0",
-               "-f", "f32le", "-ar", str(rate), "-"]
+               "-f", "f32le", "-ar", str(rate), "-ac", str(channels), "-"]
     out = subprocess.run(command, capture_output=True, check=True).stdout
     return np.frombuffer(out, "<f4").reshape(-1, channels)
