@@ -26,7 +26,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from extract.manifest import ManifestError, Video, read_manifest
 
@@ -338,7 +338,3 @@ def run_command(stage: Stage, args: argparse.Namespace, settings: Any) -> int:
     print(summary.line(Path(args.work)))
     return summary.exit_code
 
-
-def iter_outputs(work: str | os.PathLike, stage: str, videos: Iterable[Video], suffix: str) -> Iterator[tuple[Video, Path]]:
-    for v in videos:
-        yield v, output_path(work, stage, v.id, suffix)

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from extract import audio as audio_stage
