@@ -39,7 +39,7 @@ GEOMETRY     := --num-frames $(FRAMES) --size $(SIZE) --resize $(RESIZE)
 # Exit code 1 (some videos failed) is reported by the stage and does not stop make.
 PARTIAL_OK   := || [ $$? -eq 1 ]
 
-.PHONY: venv test demo sample frames flow audio features weights table bench bench-cache bench-classify clean-demo
+.PHONY: venv test demo sample frames flow audio features weights table bench bench-features bench-cache bench-classify clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -87,6 +87,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m extract.bench
+
+bench-features: $(STAMP)
+	$(PY) -m features.bench
 
 bench-cache: $(STAMP)
 	$(PY) -m features.bench_cache

@@ -1,0 +1,104 @@
+"""Benchmark: seconds and megabytes per video of every stage and backbone on sample videos.
+
+    python -m features.bench [--videos 6] [--num-frames 79] [--size 224] [--out work/bench-features]
+
+Takes the first `--videos` videos of the sample dataset (generated into `data/sample` when
+missing), runs the frames, flow and audio stages on them with all cores (`--jobs 0`, as `make
+frames flow audio` does), then each backbone with seeded random weights on the CPU (random
+weights cost exactly what the pretrained ones cost). Reports per video:
+
+* each stage's wall time divided by the videos (the figure a full run sees, since the stage
+  runs videos in parallel) and the megabytes of its outputs;
+* each backbone's seconds per video after loading the model (its one-off load time is shown
+  apart), DataLoader workers preparing inputs while the network runs.
+
+Every run starts from an empty work folder so nothing is reused. Prints a table and writes
+`OUT/bench_features.json`. `make bench-features` runs the defaults (79 frames at 224 px).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from extract import audio, flow, frames, sample, stage
+from extract.manifest import read_manifest, write_manifest
+from features import backbones
+from features.extract import extract_features
+
+STAGES = (frames, flow, audio)
+MODALITIES = ("rgb", "flow", "audio", "rgb2d")
+
+
+def _megabytes(folder: Path, suffix: str) -> float:
+    return sum(p.stat().st_size for p in folder.glob(f"*{suffix}")) / 1e6
+
+
+def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, flow_backend: str = "opencv") -> dict:
+    if not (sample_dir / "manifest.csv").is_file():
+        sample.main(["--out", str(sample_dir)])
+    chosen = read_manifest(sample_dir / "manifest.csv")[:videos]
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    manifest = write_manifest(out / "manifest.csv", chosen)
+    common = ["--manifest", str(manifest), "--work", str(work), "--jobs", "0"]
+    geometry = ["--num-frames", str(num_frames), "--size", str(size)]
+    rows = []
+    for module in STAGES:
+        argv = common + ([] if module is audio else geometry) + (["--flow-backend", flow_backend] if module is flow else [])
+        t = time.perf_counter()
+        code = module.main(argv)
+        seconds = time.perf_counter() - t
+        done = len(list(stage.stage_dir(work, module.NAME).glob(f"*{module.SUFFIX}")))
+        rows.append({"step": module.NAME, "kind": "stage", "exit_code": code, "videos": done,
+                     "seconds_per_video": seconds / max(done, 1),
+                     "mb_per_video": _megabytes(stage.stage_dir(work, module.NAME), module.SUFFIX) / max(done, 1)})
+    for modality in MODALITIES:
+        t = time.perf_counter()
+        backbones.load_backbone(modality, weights="random", device="cpu")
+        load_seconds = time.perf_counter() - t
+        s = extract_features(modality, chosen, work, weights="random", device="cpu", progress=False)
+        rows.append({"step": modality, "kind": "features", "videos": s["done"], "model_load_seconds": load_seconds,
+                     "seconds_per_video": max(s["seconds"] - load_seconds, 0.0) / max(s["done"], 1),
+                     "mb_per_video": None})
+    return {"videos": len(chosen), "num_frames": num_frames, "size": size, "flow_backend": flow_backend, "rows": rows,
+            "cpus": os.cpu_count(), "machine": platform.platform(), "load_average": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['videos']} sample videos, {result['num_frames']} frames at {result['size']} px, "
+             f"{result['cpus']} cores, {result['date']} (load average {result['load_average'][0]:.1f})",
+             f"{'step':<8}{'kind':<10}{'s/video':>9}{'MB/video':>10}  note"]
+    for r in result["rows"]:
+        mb = f"{r['mb_per_video']:.2f}" if r["mb_per_video"] is not None else "-"
+        note = f"model load {r['model_load_seconds']:.1f} s once" if r["kind"] == "features" else f"exit {r['exit_code']}"
+        lines.append(f"{r['step']:<8}{r['kind']:<10}{r['seconds_per_video']:>9.2f}{mb:>10}  {note}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m features.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=6)
+    parser.add_argument("--num-frames", type=int, default=79)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--flow-backend", default="opencv", choices=("opencv", "torch"))
+    parser.add_argument("--sample", default="data/sample", help="sample dataset folder (generated when missing)")
+    parser.add_argument("--out", default="work/bench-features")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    result = run(args.videos, args.num_frames, args.size, out, Path(args.sample), args.flow_backend)
+    print(table(result))
+    (out / "bench_features.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out / 'bench_features.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
