@@ -1,0 +1,413 @@
+"""The seed's results table, reproduced on the features in a work folder.
+
+    python -m classify.table [--manifest M] [--work W] [--seeds 5] [--dataset dmver|iemocap|music-video|other]
+                             [--head lstm] [--rule weighted] [--out DIR (default W/table)]
+
+Rows and columns as in the DMVER README:
+
+    ConvNet+LSTM   RGB = rgb2d features (ResNet-18 per frame) with the LSTM head
+    I3D            RGB = rgb, Flow/Audio = flow,  Joint = late fusion of rgb + flow
+    Audio+I3D      RGB = rgb, Flow/Audio = audio, Joint = late fusion of rgb + flow + audio
+
+Every cell is the test accuracy (and macro-F1) as mean +- std over seeds 0..SEEDS-1; seed S of
+a joint cell fuses the single runs of seed S (`classify.fuse`). Runs already in `W/runs/` are
+reused, so a second call only fuses and draws. Single modalities are trained one modality at a
+time through one `FeatureStore`, so each cache is loaded once.
+
+Writes (each file atomically) `DIR/table.md` (also printed), `table.csv` (one row per cell),
+`table.json`, `confusion_joint.png` (the joint models' confusion matrices summed over seeds)
+and `per_class_recall.png`. With `--dataset dmver|iemocap|music-video` the published numbers
+(FACTS.md section 2) stand beside ours. A modality without a cache gives "n/a" cells with a
+note; exit 2 only when no cell at all could be computed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from classify.fuse import RULES, fuse
+from classify.heads import HEADS
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK
+from classify.train import FeatureStore, Labels, train_run
+from features import cache
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("RGB", "Flow/Audio", "Joint")
+# row -> {column: modalities}; one modality is a single run, several a fusion of their runs.
+ROWS = {
+    "ConvNet+LSTM": {"RGB": ("rgb2d",)},
+    "I3D": {"RGB": ("rgb",), "Flow/Audio": ("flow",), "Joint": ("rgb", "flow")},
+    "Audio+I3D": {"RGB": ("rgb",), "Flow/Audio": ("audio",), "Joint": ("rgb", "flow", "audio")},
+}
+SINGLES = ("rgb2d", "rgb", "flow", "audio")  # training order: one cache in memory at a time
+CONVNET_HEAD = "lstm"  # the ConvNet+LSTM row is an LSTM whatever --head says
+
+# Published top-1 test accuracy in percent, from FACTS.md section 2 (the seed README's table);
+# None where the published table has "-". Order: RGB, Flow/Audio, Joint.
+PUBLISHED = {
+    "iemocap": {"ConvNet+LSTM": (50.77, None, None), "I3D": (78.46, 56.15, 77.50),
+                "Audio+I3D": (78.46, 55.96, 72.69)},
+    "music-video": {"ConvNet+LSTM": (27.92, None, None), "I3D": (57.61, 48.98, 55.58),
+                    "Audio+I3D": (57.61, 44.42, 58.38)},
+    "dmver": {"ConvNet+LSTM": (37.91, None, None), "I3D": (54.02, 59.03, 61.67),
+              "Audio+I3D": (54.02, 46.42, 62.41)},
+}
+DATASETS = ("dmver", "iemocap", "music-video", "other")
+DATASET_NAMES = {"dmver": "DMVER", "iemocap": "IEMOCAP", "music-video": "Music-video", "other": "this dataset"}
+
+
+# ----------------------------------------------------------------------------- computing
+
+
+def _stats(values: list[float]) -> dict:
+    """Mean and sample std (ddof=1; 0 for one seed) of per-seed fractions."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            "per_seed": [float(v) for v in arr]}
+
+
+def _mean_recall(recalls: list[dict], class_names: list[str]) -> dict:
+    """Per-class recall averaged over seeds (a class absent from the test split stays None)."""
+    out = {}
+    for c in class_names:
+        vals = [r.get(c) for r in recalls if r.get(c) is not None]
+        out[c] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def _train_singles(work, labels: Labels, head: str, seeds: list[int], store: FeatureStore) -> dict:
+    """(modality, head) -> {"runs": [metrics per seed], "paths": [...]} or {"error": message}."""
+    done = {}
+    wanted = [(m, CONVNET_HEAD if m == "rgb2d" else head) for m in SINGLES]
+    for modality, h in wanted:
+        try:
+            results = []
+            for seed in seeds:
+                t = time.perf_counter()
+                r = train_run(work, labels, modality, h, seed, store=store)
+                log.info("%s %s seed %d: %s in %.1f s", modality, h, seed, "reused" if r.reused else "trained",
+                         time.perf_counter() - t)
+                results.append(r)
+        except (cache.CacheError, ValueError) as exc:
+            done[(modality, h)] = {"error": str(exc)}
+            log.warning("%s: n/a (%s)", modality, exc)
+            continue
+        done[(modality, h)] = {"metrics": [r.metrics for r in results], "paths": [str(r.path) for r in results]}
+    return done
+
+
+def _cell(row: str, column: str, modalities: tuple, head: str, rule: str, seeds: list[int], singles: dict,
+          work, labels: Labels, store: FeatureStore) -> dict:
+    h = CONVNET_HEAD if row == "ConvNet+LSTM" else head
+    cell = {"row": row, "column": column, "modalities": list(modalities), "head": h,
+            "kind": "joint" if len(modalities) > 1 else "single", "status": "ok", "note": None}
+    if cell["kind"] == "joint":
+        cell["rule"] = rule
+    errors = [f"{m}: {singles[(m, h)]['error']}" for m in modalities if "error" in singles[(m, h)]]
+    if errors:
+        cell.update(status="n/a", note="; ".join(errors))
+        return cell
+    if cell["kind"] == "single":
+        metrics = singles[(modalities[0], h)]["metrics"]
+        paths = singles[(modalities[0], h)]["paths"]
+        joint = metrics
+    else:
+        try:
+            fused = [fuse(work, labels, list(modalities), h, rule, seed, store) for seed in seeds]
+        except (cache.CacheError, ValueError) as exc:
+            cell.update(status="n/a", note=f"fusion failed: {exc}")
+            return cell
+        joint = [f.metrics["joint"] for f in fused]
+        paths = [str(f.path) for f in fused]
+        cell["weights"] = {m: float(np.mean([j["weights"][m] for j in joint])) for m in modalities}
+    if any(j["accuracy"] is None for j in joint):
+        cell.update(status="n/a", note="no test video has " + "+".join(modalities) + " features")
+        return cell
+    cell.update({
+        "accuracy": _stats([j["accuracy"] for j in joint]),
+        "macro_f1": _stats([j["macro_f1"] for j in joint]),
+        "n_test": int(joint[0]["n"]),
+        "per_class_recall": _mean_recall([j["per_class_recall"] for j in joint], labels.class_names),
+        "confusion_matrix_sum": np.sum([j["confusion_matrix"] for j in joint], axis=0).astype(int).tolist(),
+        "runs": paths,
+    })
+    return cell
+
+
+def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule: str = "weighted",
+                dataset: str = "other") -> dict:
+    """Train or reuse every run, fuse, and return the table as a JSON-ready dict (fractions)."""
+    t0 = time.perf_counter()
+    store = FeatureStore(work)
+    singles = _train_singles(work, labels, head, seeds, store)
+    published = PUBLISHED.get(dataset)
+    cells = []
+    for row, columns in ROWS.items():
+        for column, modalities in columns.items():
+            cell = _cell(row, column, modalities, head, rule, seeds, singles, work, labels, store)
+            if published is not None:
+                cell["published_accuracy_percent"] = published[row][COLUMNS.index(column)]
+            cells.append(cell)
+    return {
+        "banner": cache.random_weights_banner(work, SINGLES),
+        "dataset": dataset, "work": str(work), "seeds": seeds, "head": head, "convnet_head": CONVNET_HEAD,
+        "rule": rule, "class_names": labels.class_names, "n_test": len(labels.ids("test")),
+        "units": "fractions (0..1) for ours; published_accuracy_percent in percent",
+        "published_source": "FACTS.md section 2 (the seed DMVER README's table)" if published else None,
+        "cells": cells,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _pct(stats: dict | None, with_std: bool = True) -> str:
+    if not stats:
+        return "n/a"
+    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}" if with_std else f"{100 * stats['mean']:.2f}"
+
+
+def _find(table: dict, row: str, column: str) -> dict | None:
+    return next((c for c in table["cells"] if c["row"] == row and c["column"] == column), None)
+
+
+def _seed_text(seeds: list[int]) -> str:
+    if seeds == list(range(len(seeds))) and len(seeds) > 1:
+        return f"0-{len(seeds) - 1} ({len(seeds)} per cell)"
+    return f"{', '.join(map(str, seeds))} ({len(seeds)} per cell)"
+
+
+def markdown(table: dict) -> str:
+    """The table as Markdown, the random-weights banner (if any) first."""
+    published = table["published_source"] is not None
+    name = DATASET_NAMES[table["dataset"]]
+    lines = []
+    if table["banner"]:
+        lines += [table["banner"], ""]
+    lines += [f"## Emotion recognition results on {name} (test split)", "",
+              f"Test accuracy (%), mean ± std over {len(table['seeds'])} seed{'s' if len(table['seeds']) > 1 else ''}"
+              + (f"; \"published\" = {table['published_source']}." if published else "."), ""]
+    header = ["Method"]
+    for col in COLUMNS:
+        header += [col, f"{col} published"] if published else [col]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for row in ROWS:
+        out = [row]
+        for col in COLUMNS:
+            cell = _find(table, row, col)
+            text = "-" if cell is None else _pct(cell.get("accuracy"))
+            if cell is not None and cell["status"] != "ok":
+                notes.append(f"{row} {col} ({'+'.join(cell['modalities'])}): {cell['note']}")
+                text = f"n/a [{len(notes)}]"
+            out.append(text)
+            if published:
+                value = None if cell is None else cell.get("published_accuracy_percent")
+                out.append("-" if value is None else f"{value:.2f}")
+        lines.append("| " + " | ".join(out) + " |")
+    lines += ["", "Macro-F1 (%), mean ± std over the same runs:", "",
+              "| Method | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for row in ROWS:
+        out = [row]
+        for col in COLUMNS:
+            cell = _find(table, row, col)
+            out.append("-" if cell is None else _pct(cell.get("macro_f1")))
+        lines.append("| " + " | ".join(out) + " |")
+    lines.append("")
+    if notes:
+        lines += ["Not available:"] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)] + [""]
+    counts = sorted({(c["n_test"], "+".join(c["modalities"])) for c in table["cells"] if c["status"] == "ok"
+                     and c["n_test"] != table["n_test"]}, key=lambda t: t[1])
+    fewer = "".join(f"; {m} cells score {n} (videos without {m} are left out)" for n, m in counts)
+    weights = []
+    for c in table["cells"]:
+        if c["kind"] == "joint" and c["status"] == "ok":
+            weights.append(f"{c['row']} " + ", ".join(f"{m} {w:.2f}" for m, w in c["weights"].items()))
+    lines += [
+        f"- Seeds: {_seed_text(table['seeds'])}; std is the sample standard deviation over seeds (ddof=1).",
+        f"- Head: {table['head']} on frozen backbone features (the ConvNet+LSTM row always uses "
+        f"{table['convnet_head']}); fusion rule: {table['rule']} (late fusion of the single runs' class "
+        f"probabilities, chosen on the validation split)" + (f"; mean weights: {'; '.join(weights)}." if weights else "."),
+        f"- Test videos: {table['n_test']} (manifest test split){fewer}.",
+        "- Columns: ConvNet+LSTM RGB = rgb2d (per-frame ResNet-18); I3D: RGB = rgb, Flow/Audio = flow, "
+        "Joint = rgb+flow; Audio+I3D: RGB = rgb, Flow/Audio = audio, Joint = rgb+flow+audio.",
+        "- Accuracies and macro-F1 in percent.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ("method", "column", "modalities", "head", "rule", "status", "note", "n_test", "seeds",
+              "accuracy_mean_pct", "accuracy_std_pct", "accuracy_per_seed_pct", "macro_f1_mean_pct",
+              "macro_f1_std_pct", "macro_f1_per_seed_pct", "published_accuracy_pct")
+
+
+def csv_text(table: dict) -> str:
+    """One row per cell; per-seed values joined by ';' (percent, two decimals kept as floats)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for c in table["cells"]:
+        row = {"method": c["row"], "column": c["column"], "modalities": "+".join(c["modalities"]), "head": c["head"],
+               "rule": c.get("rule", ""), "status": c["status"], "note": c["note"] or "",
+               "n_test": c.get("n_test", ""), "seeds": ";".join(map(str, table["seeds"])),
+               "published_accuracy_pct": "" if c.get("published_accuracy_percent") is None
+               else c["published_accuracy_percent"]}
+        for key in ("accuracy", "macro_f1"):
+            s = c.get(key)
+            row[f"{key}_mean_pct"] = "" if s is None else round(100 * s["mean"], 4)
+            row[f"{key}_std_pct"] = "" if s is None else round(100 * s["std"], 4)
+            row[f"{key}_per_seed_pct"] = "" if s is None else ";".join(f"{100 * v:.4f}" for v in s["per_seed"])
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def _confusion_figure(table: dict):
+    from matplotlib.figure import Figure
+
+    joints = [c for c in table["cells"] if c["kind"] == "joint" and c["status"] == "ok"]
+    if not joints:
+        return None
+    names = table["class_names"]
+    k = len(names)
+    size = max(4.0, 0.9 * k + 2.5)
+    fig = Figure(figsize=(size * len(joints), size + 0.4), layout="constrained")
+    axes = fig.subplots(1, len(joints), squeeze=False)[0]
+    seeds = len(table["seeds"])
+    for ax, c in zip(axes, joints):
+        cm = np.asarray(c["confusion_matrix_sum"], dtype=np.int64)
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.0f} %", ha="center", va="center", fontsize=9,
+                        color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(k), names, rotation=30 if k > 3 else 0, ha="right" if k > 3 else "center")
+        ax.set_yticks(range(k), names)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{c['row']} joint ({'+'.join(c['modalities'])}, {c['rule']})\n"
+                     f"test counts summed over {seeds} seed{'s' if seeds > 1 else ''}; row %", fontsize=10)
+    return fig
+
+
+def _recall_figure(table: dict):
+    from matplotlib.figure import Figure
+
+    series = []
+    seen = set()
+    # single modalities first (rgb2d, rgb, flow, audio), then the joint models
+    cells = sorted(table["cells"], key=lambda c: (c["kind"] == "joint",
+                                                  SINGLES.index(c["modalities"][0]) if c["kind"] == "single" else 0))
+    for c in cells:
+        if c["status"] != "ok":
+            continue
+        label = c["modalities"][0] if c["kind"] == "single" else f"{c['row']} joint ({'+'.join(c['modalities'])})"
+        if label in seen:
+            continue
+        seen.add(label)
+        series.append((label, [np.nan if c["per_class_recall"][n] is None else 100 * c["per_class_recall"][n]
+                               for n in table["class_names"]]))
+    if not series:
+        return None
+    names = table["class_names"]
+    k, s = len(names), len(series)
+    fig = Figure(figsize=(max(7.0, 1.1 * k * s * 0.45 + 3), 5), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / s
+    x = np.arange(k)
+    for i, (label, values) in enumerate(series):
+        bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=label)
+        ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.0f}" for v in values], fontsize=7, padding=1)
+    ax.set_xticks(x, names)
+    ax.set_xlabel("true class")
+    ax.set_ylabel("per-class accuracy (recall), %")
+    ax.set_ylim(0, 110)
+    seeds = len(table["seeds"])
+    ax.set_title(f"Per-class test accuracy by modality, mean over {seeds} seed{'s' if seeds > 1 else ''} "
+                 f"({table['head']} head, {table['rule']} fusion)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def write_outputs(table: dict, out) -> tuple[str, list[Path]]:
+    """Write table.md/.csv/.json and the figures into `out`; returns (markdown, written paths)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(table)
+    written = []
+    for name, data in (("table.md", md.encode("utf-8")), ("table.csv", csv_text(table).encode("utf-8")),
+                       ("table.json", (json.dumps(table, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))):
+        _write_atomic(out / name, data)
+        written.append(out / name)
+    for name, maker in (("confusion_joint.png", _confusion_figure), ("per_class_recall.png", _recall_figure)):
+        fig = maker(table)
+        if fig is None:
+            (out / name).unlink(missing_ok=True)  # never leave a stale figure of an earlier table
+            continue
+        _write_atomic(out / name, _png_bytes(fig))
+        written.append(out / name)
+    return md, written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classify.table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    parser.add_argument("--work", default=DEFAULT_WORK)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..SEEDS-1 per cell")
+    parser.add_argument("--dataset", default="other", choices=DATASETS, help="which published numbers to show")
+    parser.add_argument("--head", default="lstm", choices=HEADS)
+    parser.add_argument("--rule", default="weighted", choices=RULES)
+    parser.add_argument("--out", default=None, help="output folder (default WORK/table)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    banner = cache.random_weights_banner(args.work, SINGLES)
+    if banner:
+        print(banner + "\n", flush=True)
+    try:
+        labels = Labels.from_manifest(args.manifest)
+    except ValueError as exc:  # ManifestError included
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset)
+    if not any(c["status"] == "ok" for c in table["cells"]):
+        reasons = sorted({c["note"] for c in table["cells"] if c["note"]})
+        print("error: no cell of the table could be computed:\n  " + "\n  ".join(reasons), file=sys.stderr)
+        return 2
+    md, written = write_outputs(table, args.out or Path(args.work) / "table")
+    body = md[len(banner) + 2:] if banner and md.startswith(banner) else md
+    print(body)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
