@@ -8,9 +8,10 @@ Every head has the same estimator-style interface:
 
 * `lstm` (`LSTMHead`, PyTorch): optional time pooling to at most `max_steps` steps, per-feature
   standardisation (statistics of the training split), a linear input projection with ReLU and
-  dropout, one LSTM layer over the (packed, when lengths differ) sequence, its last hidden state
-  through dropout and a linear layer. Adam, class-weighted cross-entropy (weights inversely
-  proportional to class frequency), early stopping on the validation loss with the best epoch's
+  dropout, one LSTM layer over the sequence, each video's hidden state at its own last valid
+  step (what packing by length gives, see `_lstm_net`) through dropout and a linear layer.
+  Adam, class-weighted cross-entropy (weights inversely proportional to class frequency), early
+  stopping on the validation loss with the best epoch's
   weights restored. Seeded: the same seed on the same machine gives identical probabilities.
 * `linear`: mean over each video's valid steps, then StandardScaler + LogisticRegression
   (class-weighted).
@@ -19,16 +20,23 @@ Every head has the same estimator-style interface:
 
 Why the LSTM is small. The published ConvNet+LSTM trained LSTM(512) on ResNet-18 features end
 to end; here the backbones are frozen and the head only has to read a short sequence of good
-features, and the whole table (4 modalities x 5 seeds on 31,761 videos) has to train in minutes
-on 2 CPU cores. So: inputs are projected to 128 dimensions before the LSTM (the 1024 -> 128
-projection is the biggest cost per step, and it shrinks the LSTM's input weights 8x), the LSTM
-has 128 hidden units, long sequences are average-pooled in time to at most 16 steps (rgb2d's 79
+features, and the whole table (4 modalities x 5 seeds on 31,761 videos, `python -m
+classify.bench`) has to train in under 10 minutes on 2 shared CPU cores. So: inputs are
+projected to 64 dimensions before the LSTM (the 1024 -> d projection is the biggest cost per
+step: 128 took 1.7x as long per epoch with no better accuracy on the synthetic bench), the LSTM
+has 64 hidden units, long sequences are average-pooled in time to at most 16 steps (rgb2d's 79
 frames become 16 steps of 5 frames: adjacent frames of a 15 s video are nearly identical, and
-every step costs a sequential LSTM update), batches are 256 videos, and training stops after
-3 epochs without a better validation loss (at most 25 epochs). See `python -m classify.bench`.
+every step costs a sequential LSTM update), batches are 512 videos, and training stops after
+2 epochs without a better validation loss (at most 25; the best epoch was 1 to 6 on the bench,
+so a patience of 3 mostly paid for one more useless epoch). Torch runs on one intra-op thread
+(`threads=1`): with other processes on the 2 cores, two threads made an rgb epoch 6x slower
+(18 s against 2.9 s, 19k videos); pass `threads=None` to keep torch's own setting.
+Very small training sets (a few hundred videos) get only one or two updates per epoch at
+batch 512: pass a smaller `batch_size` there.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -37,13 +45,19 @@ HEADS = ("lstm", "linear", "mlp")
 
 
 def mean_pool(X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Mean over each sequence's valid steps (padding is zeros): float32 [n, D]."""
+    """Mean over each sequence's valid steps (whatever the padding holds): float32 [n, D]."""
     lengths = np.asarray(lengths)
     out = np.empty((X.shape[0], X.shape[2]), dtype=np.float32)
     for a in range(0, X.shape[0], 4096):
         b = min(X.shape[0], a + 4096)
-        out[a:b] = X[a:b].sum(axis=1, dtype=np.float32) / np.maximum(lengths[a:b], 1)[:, None]
+        out[a:b] = _valid_only(X[a:b], lengths[a:b]).sum(axis=1, dtype=np.float32) / np.maximum(lengths[a:b], 1)[:, None]
     return out
+
+
+def _valid_only(chunk: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """`chunk` with the steps beyond each length zeroed (a copy only when some video is padded)."""
+    valid = np.arange(chunk.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    return chunk if valid.all() else chunk * valid[:, :, None]
 
 
 def time_pool(X: np.ndarray, lengths: np.ndarray, max_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,12 +76,26 @@ def time_pool(X: np.ndarray, lengths: np.ndarray, max_steps: int) -> tuple[np.nd
     starts = np.arange(steps) * w
     for a in range(0, n, 1024):
         b = min(n, a + 1024)
-        chunk = X[a:b]
+        chunk = _valid_only(X[a:b], lengths[a:b])
         if steps * w > width:
             chunk = np.concatenate([chunk, np.zeros((b - a, steps * w - width, dim), np.float32)], axis=1)
         counts = np.clip(lengths[a:b, None] - starts[None, :], 0, w)
         out[a:b] = chunk.reshape(b - a, steps, w, dim).sum(axis=2) / np.maximum(counts, 1)[..., None]
     return out, -(-lengths // w)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """Run the block with `threads` intra-op torch threads (None: leave the setting alone)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -78,6 +106,7 @@ def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 def _lstm_net(dim: int, proj: int, hidden: int, n_classes: int, dropout: float):
     """The LSTM head's network (torch is imported only when an LSTM head is used)."""
+    import torch
     from torch import nn
 
     class Net(nn.Module):
@@ -89,13 +118,12 @@ def _lstm_net(dim: int, proj: int, hidden: int, n_classes: int, dropout: float):
             self.out = nn.Linear(hidden, n_classes)
 
         def forward(self, x, lengths):
-            h = self.proj(x)
-            if bool((lengths == x.shape[1]).all()):
-                _, (last, _) = self.lstm(h)
-            else:  # the last hidden state of each video is the one at its own last valid step
-                packed = nn.utils.rnn.pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
-                _, (last, _) = self.lstm(packed)
-            return self.out(self.drop(last[-1]))
+            out, _ = self.lstm(self.proj(x))
+            # A one-way LSTM's state at step l - 1 depends on steps < l only, so reading each
+            # video's state at its own last step equals running it on the unpadded sequence
+            # (what packing does), without packing's cost on the CPU.
+            last = out[torch.arange(out.shape[0]), lengths - 1]
+            return self.out(self.drop(last))
 
     return Net()
 
@@ -103,17 +131,17 @@ def _lstm_net(dim: int, proj: int, hidden: int, n_classes: int, dropout: float):
 class LSTMHead:
     """Projection + one LSTM layer + linear, trained with Adam and early stopping."""
 
-    def __init__(self, hidden: int = 128, proj: int = 128, max_steps: int = 16, dropout: float = 0.2,
-                 lr: float = 2e-3, weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 25,
-                 patience: int = 3, class_weight: str | None = "balanced", standardize: bool = True,
-                 seed: int = 0, verbose: bool = False):
+    def __init__(self, hidden: int = 64, proj: int = 64, max_steps: int = 16, dropout: float = 0.2,
+                 lr: float = 2e-3, weight_decay: float = 1e-4, batch_size: int = 512, max_epochs: int = 25,
+                 patience: int = 2, class_weight: str | None = "balanced", standardize: bool = True,
+                 threads: int | None = 1, seed: int = 0, verbose: bool = False):
         self.hidden, self.proj, self.max_steps, self.dropout = hidden, proj, max_steps, dropout
         self.lr, self.weight_decay, self.batch_size = lr, weight_decay, batch_size
         self.max_epochs, self.patience, self.class_weight = max_epochs, patience, class_weight
-        self.standardize, self.seed, self.verbose = standardize, seed, verbose
+        self.standardize, self.threads, self.seed, self.verbose = standardize, threads, seed, verbose
 
     _PARAMS = ("hidden", "proj", "max_steps", "dropout", "lr", "weight_decay", "batch_size", "max_epochs",
-               "patience", "class_weight", "standardize", "seed")
+               "patience", "class_weight", "standardize", "threads", "seed")
 
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in self._PARAMS}
@@ -131,7 +159,7 @@ class LSTMHead:
                 s = np.zeros(X.shape[2], np.float64)
                 s2 = np.zeros(X.shape[2], np.float64)
                 for a in range(0, X.shape[0], 2048):
-                    chunk = X[a:a + 2048].astype(np.float64)  # padding is zeros: adds nothing
+                    chunk = _valid_only(X[a:a + 2048], lengths[a:a + 2048]).astype(np.float64)
                     s += chunk.sum(axis=(0, 1))
                     s2 += np.einsum("ntd,ntd->d", chunk, chunk)
                 mean = s / total
@@ -170,7 +198,7 @@ class LSTMHead:
         if n_classes is None:
             n_classes = int(max(y.max(), np.asarray(y_val).max() if has_val else 0)) + 1
         self.n_classes_ = n_classes
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _torch_threads(self.threads):
             torch.manual_seed(self.seed)
             gen = torch.Generator().manual_seed(self.seed)
             Xt, Lt = self._prepare(X, lengths, fit_stats=True)
@@ -194,7 +222,7 @@ class LSTMHead:
                     loss = loss_fn(self.net_(Xt[idx], Lt[idx]), yt[idx])
                     loss.backward()
                     opt.step()
-                    total += float(loss) * len(idx)
+                    total += float(loss.detach()) * len(idx)
                 record = {"epoch": epoch + 1, "train_loss": total / max(len(yt), 1)}
                 if has_val:
                     logits = self._logits(Xv, Lv)
@@ -221,8 +249,9 @@ class LSTMHead:
     def predict_proba(self, X, lengths) -> np.ndarray:
         import torch
 
-        Xt, Lt = self._prepare(X, lengths)
-        return torch.softmax(self._logits(Xt, Lt), dim=1).numpy().astype(np.float64)
+        with _torch_threads(self.threads):
+            Xt, Lt = self._prepare(X, lengths)
+            return torch.softmax(self._logits(Xt, Lt), dim=1).numpy().astype(np.float64)
 
     def predict(self, X, lengths) -> np.ndarray:
         return self.predict_proba(X, lengths).argmax(axis=1)
@@ -238,6 +267,7 @@ class LSTMHead:
     def __setstate__(self, state):
         net_state = state.pop("_net_state", None)
         dim = state.pop("_net_dim", None)
+        state.setdefault("threads", 1)  # pickled before `threads` existed
         self.__dict__.update(state)
         if net_state is not None:
             if dim is None:

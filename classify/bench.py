@@ -1,0 +1,159 @@
+"""Benchmark: train the whole results table on a DMVER-size synthetic feature cache.
+
+    python -m classify.bench [--videos 31761] [--seeds 5] [--out DIR] [--keep]
+
+Builds a synthetic cache with the real shapes (`features.bench_cache.synthetic_cache` with a
+learnable class signal: rgb and flow `[10, 1024]`, audio `[13..17, 128]` with about 2 % of the
+videos missing, rgb2d `[79, 512]`) and its manifest under `DIR`, then times what
+`classify.table` computes: the `lstm` head on rgb2d, rgb, flow and audio for every seed, and the
+weighted fusions rgb+flow and rgb+flow+audio for every seed (which reuse those runs). Prints a
+table and writes `DIR/bench_classify.json` with the total wall time, the load time per modality
+and the fit time per modality and seed. Target: under 10 minutes on 2 CPU cores at full size.
+
+At full size the cache takes about 10 GB on disk; it and the runs are deleted afterwards unless
+`--keep` (a kept cache of the same size is reused by the next run, the runs never are: every
+run trains afresh so that the timings mean something).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from classify.fuse import fuse
+from classify.heads import LSTMHead, make_head
+from classify.train import FeatureStore, Labels, train_run
+from features import cache
+from features.bench_cache import synthetic_cache, write_synthetic_manifest
+
+MODALITIES = ("rgb2d", "rgb", "flow", "audio")
+FUSIONS = (("rgb", "flow"), ("rgb", "flow", "audio"))
+
+
+def _cache_matches(work: Path, n: int) -> bool:
+    try:
+        return all(cache.attributes(work, m).get("videos") == n and cache.attributes(work, m).get("signal")
+                   for m in MODALITIES)
+    except cache.CacheError:
+        return False
+
+
+def run_bench(out, videos: int, seeds: int, head: str = "lstm", log=print) -> dict:
+    """Build (or reuse) the synthetic cache under `out`, train and fuse everything, return the timings."""
+    out = Path(out)
+    load_before = list(os.getloadavg())
+    t_all = time.perf_counter()
+    build_seconds = None
+    if not _cache_matches(out, videos):
+        t = time.perf_counter()
+        synthetic_cache(out, videos, MODALITIES, signal=True)
+        build_seconds = time.perf_counter() - t
+        log(f"built a synthetic cache of {videos} videos in {build_seconds:.1f} s under {out / 'features'}")
+    manifest = write_synthetic_manifest(out / "manifest.csv", videos)
+    shutil.rmtree(out / "runs", ignore_errors=True)  # always train afresh: reused runs would time nothing
+    labels = Labels.from_manifest(manifest)
+
+    t_table = time.perf_counter()
+    store = FeatureStore(out)
+    rows = []
+    for m in MODALITIES:
+        t = time.perf_counter()
+        feats = store.get(m)
+        load_seconds = time.perf_counter() - t
+        estimator = make_head(head)
+        max_steps = estimator.max_steps if isinstance(estimator, LSTMHead) else None
+        t = time.perf_counter()
+        store.get(m, max_steps)
+        pool_seconds = time.perf_counter() - t
+        row = {"modality": m, "videos": len(feats.ids), "shape": list(feats.x.shape), "load_seconds": load_seconds,
+               "pool_seconds": pool_seconds, "seeds": []}
+        for seed in range(seeds):
+            t = time.perf_counter()
+            run = train_run(out, labels, m, head, seed, store=store)
+            r = run.metrics
+            row["seeds"].append({"seed": seed, "fit_seconds": r["fit_seconds"], "run_seconds": time.perf_counter() - t,
+                                 "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
+                                 "test_accuracy": r["accuracy"], "val_accuracy": r["val"]["accuracy"]})
+            log(f"  {m:<6} seed {seed}: fit {r['fit_seconds']:6.1f} s, {r.get('epochs')} epochs, "
+                f"test accuracy {100 * r['accuracy']:.1f} %")
+        rows.append(row)
+    del store  # frees the last modality's arrays before fusing (fusion reads only the runs)
+    fusions = []
+    for combo in FUSIONS:
+        entry = {"modalities": list(combo), "rule": "weighted", "seeds": []}
+        for seed in range(seeds):
+            t = time.perf_counter()
+            res = fuse(out, labels, list(combo), head, "weighted", seed)
+            j = res.metrics["joint"]
+            entry["seeds"].append({"seed": seed, "seconds": time.perf_counter() - t, "test_accuracy": j["accuracy"],
+                                   "weights": j["weights"]})
+        fusions.append(entry)
+    table_seconds = time.perf_counter() - t_table
+    import torch
+
+    return {"videos": videos, "seeds": seeds, "head": head, "head_params": make_head(head).get_params(),
+            "build_seconds": build_seconds, "table_seconds": table_seconds,
+            "total_seconds": time.perf_counter() - t_all,
+            "load_seconds": sum(r["load_seconds"] + r["pool_seconds"] for r in rows),
+            "fit_seconds": sum(s["fit_seconds"] for r in rows for s in r["seeds"]),
+            "fuse_seconds": sum(s["seconds"] for f in fusions for s in f["seeds"]),
+            "modalities": rows, "fusions": fusions, "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
+            "machine": platform.platform()}
+
+
+def format_report(result: dict) -> str:
+    lines = [f"{'modality':<9}{'videos':>7}  {'shape':<15}{'load s':>7}{'pool s':>7}  fit s per seed"
+             f"{'':<14}{'mean acc':>9}"]
+    for r in result["modalities"]:
+        fits = " ".join(f"{s['fit_seconds']:5.1f}" for s in r["seeds"])
+        acc = sum(s["test_accuracy"] for s in r["seeds"]) / max(len(r["seeds"]), 1)
+        lines.append(f"{r['modality']:<9}{r['videos']:>7}  {str(tuple(r['shape'])):<15}{r['load_seconds']:>7.1f}"
+                     f"{r['pool_seconds']:>7.1f}  {fits:<28}{100 * acc:>8.1f} %")
+    for f in result["fusions"]:
+        acc = sum(s["test_accuracy"] for s in f["seeds"]) / max(len(f["seeds"]), 1)
+        secs = sum(s["seconds"] for s in f["seeds"])
+        lines.append(f"fuse {'+'.join(f['modalities'])} ({f['rule']}): {secs:.1f} s for {len(f['seeds'])} seeds, "
+                     f"mean joint accuracy {100 * acc:.1f} %")
+    lines.append(f"load average (1, 5, 15 min) before {result['load_average_before']}, after "
+                 f"{result['load_average_after']} on {result['cpus']} CPUs; torch threads {result['torch_threads']}")
+    lines.append(f"table ({len(result['modalities'])} modalities x {result['seeds']} seeds + "
+                 f"{len(result['fusions'])} fusions): {result['table_seconds']:.1f} s "
+                 f"(load {result['load_seconds']:.1f} s, fit {result['fit_seconds']:.1f} s, "
+                 f"fuse {result['fuse_seconds']:.1f} s); target < 600 s")
+    if result["build_seconds"] is not None:
+        lines.append(f"building the synthetic cache took {result['build_seconds']:.1f} s more (not part of the table)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classify.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=31761)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", default="work/bench-classify", help="folder for the synthetic cache, runs and JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic cache and the runs afterwards")
+    args = parser.parse_args(argv)
+    if args.videos < 15 or args.seeds < 1:
+        parser.error("need --videos >= 15 (every class in every split) and --seeds >= 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_bench(out, args.videos, args.seeds)
+    finally:
+        if not args.keep:
+            for sub in ("features", "runs"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+            (out / "manifest.csv").unlink(missing_ok=True)
+    print(format_report(result))
+    (out / "bench_classify.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out / 'bench_classify.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Late fusion of per-modality class probabilities.
+
+    python -m classify.fuse --modalities rgb,flow,audio [--head lstm] [--rule weighted] [--seed 0]
+                            [--work work/sample] [--manifest data/sample/manifest.csv]
+
+Uses the runs `W/runs/<modality>-<head>-seed<S>/` (training any that is missing first, so it
+works straight after `make features`) and combines their probabilities video by video:
+
+* `mean`: plain average of the modalities' probabilities;
+* `weighted` (default): weighted average, the weights searched on a grid over the simplex
+  (steps of 0.05; 0.1 beyond four modalities) to maximise validation accuracy, ties broken by
+  the lower validation log-loss, then by closeness to equal weights;
+* `stack`: logistic regression on the validation videos' log-probabilities (plus one
+  "has this modality" column per modality), its regularisation chosen by stratified 5-fold
+  cross-validation on the validation split (seeded). Its "weights" are each modality's share of
+  the absolute coefficients: an importance, not a mixing weight.
+
+Nothing is chosen on the test split: it is only scored. A video without some modality (no
+audio track) is fused over the modalities it has, the weights renormalised over those (if they
+all have weight 0, their plain mean); the joint score covers every split video with at least one
+of the modalities, each modality's own score the videos that have it.
+
+Writes `W/runs/fuse-<m1>+<m2>+...-<rule>/` (modalities in the order given, e.g.
+`fuse-rgb+flow+audio-weighted`) for the default head and seed; another head or seed adds
+`-<head>` and `-seed<S>` (`fuse-rgb+flow-mean-linear-seed3`) so runs never overwrite each other:
+metrics.json
+
+    {"per_modality": {"rgb": {"accuracy": .., "macro_f1": .., "n": ..}, ...},
+     "joint": {"accuracy": .., "macro_f1": .., "weights": {"rgb": .., ...}, "rule": .., "n": ..,
+               "val_accuracy": .., "balanced_accuracy": .., "per_class_recall": {..},
+               "confusion_matrix": [[..]]},
+     "class_names": [..], "head": .., "seed": ..}
+
+(accuracies as fractions), plus predictions.npz (test_ids, test_proba, test_y) and settings.json.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from classify.heads import HEADS
+from classify.metrics import classification_metrics
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, write_json
+from classify.train import FeatureStore, Labels, RunResult, percent, train_run
+from features import cache
+
+RULES = ("mean", "weighted", "stack")
+EPS = 1e-6
+
+
+class FuseResult(NamedTuple):
+    path: Path
+    metrics: dict
+    test_ids: list[str]
+    test_proba: np.ndarray
+
+
+def aligned(runs: list[RunResult], split: str, order: list[str]) -> tuple[list[str], np.ndarray]:
+    """Ids (in `order`) that at least one run scored, and probabilities `[M, n, K]` (NaN: absent)."""
+    per_run = []
+    for r in runs:
+        ids, proba = (r.val_ids, r.val_proba) if split == "val" else (r.test_ids, r.test_proba)
+        per_run.append(dict(zip(ids, proba)))
+    ids = [i for i in order if any(i in d for d in per_run)]
+    k = len(runs[0].class_names)
+    P = np.full((len(runs), len(ids), k), np.nan)
+    for m, d in enumerate(per_run):
+        for j, vid in enumerate(ids):
+            if vid in d:
+                P[m, j] = d[vid]
+    return ids, P
+
+
+def combine(P: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted average over the modalities present for each video, renormalised.
+
+    `P [M, n, K]` with NaN rows for absent modalities; `weights [M]` or `[G, M]` (a batch of
+    weight vectors, giving `[G, n, K]`).
+    """
+    present = ~np.isnan(P[:, :, 0])                       # [M, n]
+    Z = np.nan_to_num(P)
+    W = np.atleast_2d(weights)[:, :, None] * present[None]  # [G, M, n]
+    denom = W.sum(axis=1)                                   # [G, n]
+    fallback = denom <= 0                                   # present modalities all weigh 0: plain mean
+    if fallback.any():
+        W = np.where(fallback[:, None, :], present[None].astype(float), W)
+        denom = W.sum(axis=1)
+    out = np.einsum("gmn,mnk->gnk", W, Z) / denom[:, :, None]
+    return out[0] if np.ndim(weights) == 1 else out
+
+
+def simplex_grid(m: int) -> np.ndarray:
+    """All weight vectors of m non-negative multiples of 1/S summing to 1 (S = 20, or 10 beyond 4)."""
+    steps = 20 if m <= 4 else 10
+    rows = [c for c in itertools.product(range(steps + 1), repeat=m - 1) if sum(c) <= steps]
+    grid = np.array([list(c) + [steps - sum(c)] for c in rows], dtype=float) / steps
+    # start from the most uniform vectors so that ties keep the most even weighting
+    return grid[np.argsort(((grid - 1 / m) ** 2).sum(axis=1), kind="stable")]
+
+
+def _log_loss(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean negative log-likelihood per candidate: proba [G, n, K] -> [G]."""
+    picked = np.take_along_axis(proba, y[None, :, None], axis=2)[:, :, 0]
+    return -np.log(np.clip(picked, EPS, 1)).mean(axis=1)
+
+
+def choose_weights(P_val: np.ndarray, y_val: np.ndarray) -> tuple[np.ndarray, float]:
+    """Grid search on validation only: best accuracy, then lowest log-loss, then most uniform."""
+    grid = simplex_grid(P_val.shape[0])
+    if len(y_val) == 0:
+        return np.full(P_val.shape[0], 1 / P_val.shape[0]), float("nan")
+    acc, loss = np.empty(len(grid)), np.empty(len(grid))
+    for a in range(0, len(grid), 64):
+        fused = combine(P_val, grid[a:a + 64])
+        acc[a:a + 64] = (fused.argmax(axis=2) == y_val[None]).mean(axis=1)
+        loss[a:a + 64] = _log_loss(fused, y_val)
+    best = np.lexsort((np.arange(len(grid)), loss, -acc))[0]
+    return grid[best], float(acc[best])
+
+
+def _stack_features(P: np.ndarray) -> np.ndarray:
+    present = ~np.isnan(P[:, :, 0])
+    logp = np.where(present[:, :, None], np.log(np.clip(np.nan_to_num(P), EPS, 1)), 0.0)
+    return np.concatenate([np.concatenate(list(logp), axis=1), present.T.astype(float)], axis=1)
+
+
+def stack(P_val, y_val, P_test, seed: int, k: int):
+    """Logistic regression on validation log-probabilities; C by stratified CV on validation."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    X_val, X_test = _stack_features(P_val), _stack_features(P_test)
+    counts = np.bincount(y_val, minlength=k)
+    folds = int(min(5, counts[counts > 0].min())) if len(y_val) else 0
+    if folds >= 2 and (counts > 0).sum() >= 2:
+        model = LogisticRegressionCV(Cs=10, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                     scoring="neg_log_loss", max_iter=2000, class_weight="balanced")
+    else:
+        model = LogisticRegression(max_iter=2000, class_weight="balanced")
+    model.fit(X_val, y_val)
+    proba = np.zeros((len(X_test), k))
+    proba[:, model.classes_] = model.predict_proba(X_test)
+    val_acc = float((model.predict(X_val) == y_val).mean())
+    m = P_val.shape[0]
+    coef = np.abs(np.atleast_2d(model.coef_))[:, : m * k].reshape(-1, m, k).sum(axis=(0, 2))
+    share = coef / coef.sum() if coef.sum() > 0 else np.full(m, 1 / m)
+    return proba, share, val_acc
+
+
+def fuse_runs(runs: dict[str, RunResult], labels: Labels, rule: str = "weighted", seed: int = 0):
+    """Fuse already trained runs. Returns (metrics dict, test ids, joint test probabilities)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    names = list(runs)
+    rs = [runs[m] for m in names]
+    k = len(labels.class_names)
+    val_ids, P_val = aligned(rs, "val", labels.ids("val"))
+    test_ids, P_test = aligned(rs, "test", labels.ids("test"))
+    y_val = np.array([labels.label[i] for i in val_ids], dtype=np.int64)
+    y_test = np.array([labels.label[i] for i in test_ids], dtype=np.int64)
+    if rule == "mean":
+        weights = np.full(len(names), 1 / len(names))
+        val_acc = float((combine(P_val, weights).argmax(1) == y_val).mean()) if len(y_val) else float("nan")
+        joint = combine(P_test, weights)
+    elif rule == "weighted":
+        weights, val_acc = choose_weights(P_val, y_val)
+        joint = combine(P_test, weights)
+    else:
+        joint, weights, val_acc = stack(P_val, y_val, P_test, seed, k)
+    metrics = classification_metrics(y_test, joint.argmax(axis=1) if len(joint) else [], labels.class_names)
+    metrics.update({"weights": {m: round(float(w), 4) for m, w in zip(names, weights)}, "rule": rule,
+                    "val_accuracy": None if np.isnan(val_acc) else val_acc})
+    per_modality = {m: {"accuracy": r.metrics["accuracy"], "macro_f1": r.metrics["macro_f1"], "n": r.metrics["n"]}
+                    for m, r in zip(names, rs)}
+    result = {"per_modality": per_modality, "joint": metrics, "class_names": labels.class_names}
+    return result, test_ids, joint
+
+
+def fuse_name(modalities, head: str = "lstm", rule: str = "weighted", seed: int = 0) -> str:
+    """`fuse-rgb+flow+audio-weighted` for the default head and seed 0; otherwise with suffixes."""
+    name = f"fuse-{'+'.join(modalities)}-{rule}"
+    if head != "lstm":
+        name += f"-{head}"
+    if seed != 0:
+        name += f"-seed{seed}"
+    return name
+
+
+def fuse(work, labels: Labels | str, modalities: list[str], head: str = "lstm", rule: str = "weighted",
+         seed: int = 0, store: FeatureStore | None = None) -> FuseResult:
+    """Train (or reuse) each modality's run, fuse them, write the fusion folder."""
+    if not isinstance(labels, Labels):
+        labels = Labels.from_manifest(labels)
+    if len(set(modalities)) != len(modalities) or not modalities:
+        raise ValueError(f"give distinct modalities, got {modalities}")
+    store = store or FeatureStore(work)
+    runs = {m: train_run(work, labels, m, head, seed, store=store) for m in modalities}
+    result, test_ids, joint = fuse_runs(runs, labels, rule, seed)
+    result.update({"head": head, "seed": seed})
+    final = Path(work) / "runs" / fuse_name(modalities, head, rule, seed)
+    y_test = np.array([labels.label[i] for i in test_ids], dtype=np.int64)
+    with atomic_dir(final) as tmp:
+        write_json(tmp / "metrics.json", result)
+        write_json(tmp / "settings.json", {"modalities": list(modalities), "head": head, "rule": rule, "seed": seed,
+                                           "runs": {m: str(r.path) for m, r in runs.items()},
+                                           "manifest": labels.digest})
+        np.savez(tmp / "predictions.npz", test_ids=np.array(test_ids, dtype=str), test_proba=joint, test_y=y_test)
+    return FuseResult(final, result, test_ids, joint)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classify.fuse", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modalities", required=True, help="comma-separated, e.g. rgb,flow,audio")
+    parser.add_argument("--head", default="lstm", choices=HEADS)
+    parser.add_argument("--rule", default="weighted", choices=RULES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default=DEFAULT_WORK)
+    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    banner = cache.random_weights_banner(args.work, modalities)
+    if banner:
+        print(banner + "\n")
+    try:
+        res = fuse(args.work, args.manifest, modalities, args.head, args.rule, args.seed)
+    except (cache.CacheError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    m = res.metrics
+    width = max(len(x) for x in modalities + ["joint"])
+    print(f"test accuracy ({args.head} heads, seed {args.seed}):")
+    for name, pm in m["per_modality"].items():
+        print(f"  {name:<{width}}  {percent(pm['accuracy']):>8}  macro-F1 {percent(pm['macro_f1']):>8}  ({pm['n']} videos)")
+    j = m["joint"]
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in j["weights"].items())
+    print(f"  {'joint':<{width}}  {percent(j['accuracy']):>8}  macro-F1 {percent(j['macro_f1']):>8}  ({j['n']} videos; "
+          f"{args.rule}: {weights})")
+    print(f"wrote {res.path / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

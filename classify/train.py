@@ -1,0 +1,211 @@
+"""Train one head on one modality's cached features.
+
+    python -m classify.train --modality rgb --head lstm [--seed 0] [--work W] [--manifest M] [--force]
+
+Trains on the manifest's train split, stops early on its val split, and scores val and test.
+Only videos that have the modality take part (a video without audio is in no audio run); the
+counts are in metrics.json. Each run writes, atomically, `W/runs/<modality>-<head>-seed<S>/`:
+
+    settings.json     modality, head, seed, every hyperparameter, the cache's fingerprint, a
+                      digest of the manifest's (id, label, split) rows, the class names
+    metrics.json      test metrics at the top (accuracy, macro_f1, balanced_accuracy,
+                      per_class_recall, confusion_matrix, class_names, n), "val" likewise,
+                      "counts" (videos per split with and without the modality), "epochs"
+    predictions.npz   val_ids, val_proba, val_y, test_ids, test_proba, test_y
+    model.joblib      the fitted head (joblib.load gives the estimator back)
+
+A run whose folder holds the same settings is reused, not trained again; `--force` retrains.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from classify.heads import HEADS, LSTMHead, make_head, time_pool
+from classify.metrics import classification_metrics
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, read_json, write_json
+from features import cache
+
+log = logging.getLogger(__name__)
+RUN_FORMAT = 1
+SPLITS = ("train", "val", "test")
+
+
+class Labels(NamedTuple):
+    """What the classifiers need from a manifest."""
+    class_names: list[str]
+    label: dict[str, int]   # id -> class index
+    split: dict[str, str]   # id -> train / val / test
+    digest: str             # changes when any (id, label, split) changes
+
+    @classmethod
+    def from_manifest(cls, path) -> "Labels":
+        from extract.manifest import class_names, read_manifest
+
+        videos = read_manifest(path)
+        names = class_names(videos)
+        rows = sorted((v.id, v.label, v.split) for v in videos)
+        digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+        return cls(names, {v.id: names.index(v.label) for v in videos}, {v.id: v.split for v in videos}, digest)
+
+    def ids(self, split: str) -> list[str]:
+        return [i for i, s in self.split.items() if s == split]
+
+
+class RunResult(NamedTuple):
+    path: Path
+    metrics: dict
+    class_names: list[str]
+    val_ids: list[str]
+    val_proba: np.ndarray
+    test_ids: list[str]
+    test_proba: np.ndarray
+    reused: bool
+
+
+class FeatureStore:
+    """Holds one modality's loaded cache at a time (plus its time-pooled copies) for many runs."""
+
+    def __init__(self, work):
+        self.work = Path(work)
+        self.modality: str | None = None
+        self._variants: dict = {}
+
+    def get(self, modality: str, max_steps: int | None = None) -> cache.Features:
+        if modality != self.modality:
+            self._variants = {}  # drop the previous modality before loading the next one
+            self.modality = None
+            t = time.perf_counter()
+            self._variants[None] = cache.load(self.work, modality)
+            self.modality = modality
+            log.info("loaded %s features %s in %.1f s", modality, self._variants[None].x.shape, time.perf_counter() - t)
+        if max_steps not in self._variants:
+            raw = self._variants[None]
+            x, lengths = time_pool(raw.x, raw.lengths, max_steps)
+            self._variants[max_steps] = cache.Features(raw.ids, x, lengths)
+        return self._variants[max_steps]
+
+
+def run_name(modality: str, head: str, seed: int) -> str:
+    return f"{modality}-{head}-seed{seed}"
+
+
+def run_path(work, modality: str, head: str, seed: int) -> Path:
+    return Path(work) / "runs" / run_name(modality, head, seed)
+
+
+def load_run(path) -> RunResult:
+    path = Path(path)
+    metrics = read_json(path / "metrics.json")
+    with np.load(path / "predictions.npz", allow_pickle=False) as p:
+        return RunResult(path, metrics, metrics["class_names"], p["val_ids"].tolist(), p["val_proba"],
+                         p["test_ids"].tolist(), p["test_proba"], True)
+
+
+def _settings(work, labels: Labels, modality: str, head_name: str, head) -> dict:
+    return {"format": RUN_FORMAT, "modality": modality, "head": head_name, "seed": head.seed,
+            "params": head.get_params(), "cache": cache.fingerprint(work, modality),
+            "manifest": labels.digest, "class_names": labels.class_names}
+
+
+def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", seed: int = 0,
+              params: dict | None = None, store: FeatureStore | None = None, force: bool = False) -> RunResult:
+    """Train (or reuse) `W/runs/<modality>-<head>-seed<S>/` and return its predictions.
+
+    Raises `cache.CacheMissingError` when the modality has no cache.
+    """
+    if not isinstance(labels, Labels):
+        labels = Labels.from_manifest(labels)
+    estimator = make_head(head, seed=seed, **(params or {}))
+    settings = _settings(work, labels, modality, head, estimator)
+    final = run_path(work, modality, head, seed)
+    if not force and (final / "settings.json").is_file() and (final / "predictions.npz").is_file():
+        try:
+            if read_json(final / "settings.json") == json.loads(json.dumps(settings)):
+                log.info("reusing %s", final)
+                return load_run(final)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: train again
+    store = store or FeatureStore(work)
+    feats = store.get(modality, estimator.max_steps if isinstance(estimator, LSTMHead) else None)
+    row = {vid: i for i, vid in enumerate(feats.ids)}
+    parts, counts = {}, {}
+    for split in SPLITS:
+        ids = labels.ids(split)
+        have = [i for i in ids if i in row]
+        idx = np.array([row[i] for i in have], dtype=np.int64)
+        parts[split] = (have, idx, np.array([labels.label[i] for i in have], dtype=np.int64))
+        counts[split] = {"with_features": len(have), "without": len(ids) - len(have)}
+    train_ids, tr, y_tr = parts["train"]
+    if not train_ids:
+        raise ValueError(f"no training video has {modality} features (manifest and cache do not match?)")
+    _, va, y_va = parts["val"]
+    k = len(labels.class_names)
+    log.info("training %s on %d %s sequences (val %d, test %d)", run_name(modality, head, seed), len(tr), modality,
+             len(va), len(parts["test"][1]))
+    t = time.perf_counter()
+    estimator.fit(feats.x[tr], feats.lengths[tr], y_tr, feats.x[va], feats.lengths[va], y_va, n_classes=k)
+    fit_seconds = time.perf_counter() - t
+
+    def proba(idx):
+        return estimator.predict_proba(feats.x[idx], feats.lengths[idx]) if len(idx) else np.zeros((0, k))
+
+    val_p, test_p = proba(va), proba(parts["test"][1])
+    test_ids, _, y_te = parts["test"]
+    metrics = classification_metrics(y_te, test_p.argmax(axis=1), labels.class_names)
+    metrics["val"] = classification_metrics(y_va, val_p.argmax(axis=1), labels.class_names)
+    metrics["counts"] = counts
+    metrics["fit_seconds"] = round(fit_seconds, 2)
+    if hasattr(estimator, "history_"):
+        metrics["epochs"] = len(estimator.history_)
+        metrics["best_epoch"] = estimator.best_epoch_
+    import joblib
+
+    with atomic_dir(final) as tmp:
+        joblib.dump(estimator, tmp / "model.joblib")
+        np.savez(tmp / "predictions.npz", val_ids=np.array(parts["val"][0], dtype=str), val_proba=val_p, val_y=y_va,
+                 test_ids=np.array(test_ids, dtype=str), test_proba=test_p, test_y=y_te)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "settings.json", settings)
+    return RunResult(final, metrics, labels.class_names, list(parts["val"][0]), val_p, list(test_ids), test_p, False)
+
+
+def percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classify.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modality", required=True, help="rgb, flow, audio, rgb2d (any cached modality)")
+    parser.add_argument("--head", default="lstm", choices=HEADS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default=DEFAULT_WORK)
+    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    parser.add_argument("--force", action="store_true", help="train again even if the run exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    banner = cache.random_weights_banner(args.work, [args.modality])
+    if banner:
+        print(banner + "\n")
+    try:
+        run = train_run(args.work, args.manifest, args.modality, args.head, args.seed, force=args.force)
+    except (cache.CacheError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    m = run.metrics
+    print(f"{args.modality} {args.head} seed {args.seed}: test accuracy {percent(m['accuracy'])}, macro-F1 "
+          f"{percent(m['macro_f1'])} on {m['n']} videos (val accuracy {percent(m['val']['accuracy'])}); "
+          f"{run.path}{' (reused)' if run.reused else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

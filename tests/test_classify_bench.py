@@ -1,0 +1,34 @@
+"""`python -m classify.bench` at smoke-test size: it trains and fuses the whole table and reports."""
+import json
+
+from classify import bench
+
+
+def test_bench_smoke(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench.main(["--videos", "45", "--seeds", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "target < 600 s" in text and "rgb+flow+audio" in text
+    result = json.loads((out / "bench_classify.json").read_text())
+    assert result["videos"] == 45 and result["seeds"] == 1
+    rows = {r["modality"]: r for r in result["modalities"]}
+    assert set(rows) == {"rgb2d", "rgb", "flow", "audio"}
+    assert rows["rgb2d"]["shape"] == [45, 79, 512] and rows["rgb"]["shape"] == [45, 10, 1024]
+    assert rows["audio"]["shape"][2] == 128 and 13 <= rows["audio"]["shape"][1] <= 17
+    for r in rows.values():
+        assert len(r["seeds"]) == 1 and r["seeds"][0]["fit_seconds"] > 0 and r["load_seconds"] >= 0
+        assert 0 <= r["seeds"][0]["test_accuracy"] <= 1
+    assert [f["modalities"] for f in result["fusions"]] == [["rgb", "flow"], ["rgb", "flow", "audio"]]
+    assert all(len(f["seeds"]) == 1 for f in result["fusions"])
+    assert result["fit_seconds"] == sum(s["fit_seconds"] for r in rows.values() for s in r["seeds"])
+    assert 0 < result["table_seconds"] <= result["total_seconds"]
+    # the synthetic cache and the runs are deleted unless --keep
+    assert sorted(p.name for p in out.iterdir()) == ["bench_classify.json"]
+
+
+def test_bench_keep_leaves_the_cache_and_runs(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench.main(["--videos", "30", "--seeds", "1", "--out", str(out), "--keep"]) == 0
+    assert (out / "features" / "rgb2d.h5").is_file() and (out / "manifest.csv").is_file()
+    assert (out / "runs" / "fuse-rgb+flow+audio-weighted" / "metrics.json").is_file()
+    assert (out / "runs" / "audio-lstm-seed0" / "model.joblib").is_file()
