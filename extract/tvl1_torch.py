@@ -1,51 +1,34 @@
-"""Batched dual TV-L1 optical flow in PyTorch, tuned to agree with OpenCV contrib's
-`cv2.optflow.DualTVL1OpticalFlow` (Zach-Pock-Bischof scheme in the Sanchez-Meinhardt-Facciolo
-formulation) with its default parameters.
+"""Batched dual TV-L1 optical flow in PyTorch that agrees with OpenCV contrib's
+`cv2.optflow.DualTVL1OpticalFlow` at its default parameters (FACTS.md section 7).
 
-Why: OpenCV solves one frame pair at a time on the CPU. Here every step (pyramid, warping,
-thresholding, primal-dual iterations, median filter, stopping test) works on a whole batch of
-pairs `[B, H, W]` of one size at once, so a GPU can chew through many videos' pairs together.
-The code is device-agnostic: the same path runs on CPU and CUDA.
+Why: OpenCV solves one pair at a time on the CPU; here every step works on a batch `[B, H, W]` of
+same-size pairs, on CPU or CUDA alike, so a GPU can take many videos' pairs at once.
 
-What is reproduced, step by step (all in float32 unless `dtype` says otherwise):
+Same algorithm and order of steps as OpenCV, so flows differ only by float rounding (about
+0.001-0.01 px mean; see tests/test_tvl1_torch.py):
 
-* Input: uint8 grey levels are used as they are (0..255). Float input is taken to be on the same
-  0..255 scale. (OpenCV itself multiplies *float* input by 255; the callers here hand grey levels.)
-* Pyramid: level s+1 is level s resized by `scale_step` with bilinear interpolation, half-pixel
-  centres, coordinates clamped to the image (OpenCV's INTER_LINEAR resize); the output size is the
-  rounded product and the sampling step is exactly 1/scale_step. No pre-smoothing. Levels stop
-  before one that would be narrower or lower than 16 pixels.
-* Coarse to fine: the flow starts at zero on the coarsest level; after each level it is resized
-  bilinearly to the next finer level's size (step = old size / new size) and multiplied by
-  1/scale_step. Dual variables restart at zero on every level.
-* Per level: centred differences of the *unwarped* second image (one-sided, halved, on the
-  borders); `warps` times: warp the second image and both derivative images with bicubic
-  interpolation (Keys, a = -0.75) where samples outside the image count as 0, then linearise the
-  data term around the current flow (rho_c, |grad|^2).
-* Iterations per warp: up to `outer_iterations` rounds, each starting with a median filter
-  (`median_filtering` x `median_filtering`, replicated borders) of both flow components, followed
-  by up to `inner_iterations` steps of: the pointwise TV-L1 threshold step (v), the flow update
-  u = v + theta * div(p) with backward differences (zero before the first row/column), forward
-  differences of u (zero on the last row/column) and the dual step
-  p = (p + tau/theta * grad u) / (1 + tau/theta * |grad u|).
-* Stopping: as soon as the sum over the image of the squared change of u in one step is at most
-  epsilon^2 * (pixels of the level), that pair is done for the current warp (no further median
-  filter or iteration until the next warp). In a batch, pairs stop independently: a converged pair
-  is frozen by masking while the others go on, so each pair gets exactly the iteration schedule it
-  would get alone. The loop exits early once every pair of the batch has converged; on CUDA that
-  test (a host sync) is made only every `sync_every` steps, which changes nothing but speed.
-* OpenCV 4.x `remap` rounds sampling positions to 1/32 pixel before bicubic interpolation;
-  OpenCV 5 samples at the exact position. `remap_subpixel_bits="auto"` follows the installed cv2
-  (5 bits below version 5, exact otherwise); pass 5 or None to force either.
+* input grey levels 0..255 as they are; pyramid by INTER_LINEAR-style resize (step 1/scale_step,
+  no smoothing, stop before a level under 16 px); flow resized up and scaled by 1/scale_step,
+  dual variables reset per level;
+* per warp: bicubic (Keys a = -0.75) warp of I1 and its centred gradient, zero outside; then up to
+  `outer_iterations` x (median filter, up to `inner_iterations` x (threshold, primal, dual step));
+  a pair stops for the warp once sum((u - u_old)^2) <= epsilon^2 * pixels of the level.
+* Warping uses gathers at exact pixel positions, not grid_sample: its normalised coordinates put
+  zero flow ~1e-5 px off the pixel centres, which next to the zero-padded border starts a drift
+  OpenCV never has. OpenCV < 5 rounds remap positions to 1/32 px (`remap_subpixel_bits`, "auto"
+  follows the installed cv2).
+* The median is a min/max selection network (`_median_programs`): equal to cv2.medianBlur bit for
+  bit and far cheaper than torch.median over unfolded windows.
+* Pairs converge at different steps. A converged pair is frozen by a mask, so each pair gets
+  exactly the schedule it would get alone; once at most `compact_ratio` of the working set still
+  iterates, finished pairs are dropped from it (compaction) so they stop costing work. On CUDA the
+  all-done test (a host sync) runs only every `sync_every` steps; neither changes the results.
 
-Known, deliberate simplifications: gamma (illumination term) is not implemented (OpenCV's default
-is 0); useInitialFlow is not offered; for the threshold step at pixels where |grad I1w|^2 is at most
-FLT_EPSILON and |rho| is tiny the update may be +-lambda*theta*grad instead of 0, a change below
-1e-4 px. Results match OpenCV to float rounding per step; since TV-L1 iterates thousands of times
-through median filters and thresholds, flows differ by a few hundredths of a pixel on average.
+Not implemented: gamma != 0 and useInitialFlow. Where |grad I1w|^2 <= FLT_EPSILON the threshold
+step may move u by up to lambda*theta*|grad I1w| (< 2e-5 px) where OpenCV leaves it.
 
-CLI: `python -m extract.tvl1_torch --bench [--pairs 32 --size 224 --threads 2 --device cpu]`
-prints pairs/s of this module and of OpenCV on the same pairs, plus their agreement.
+`python -m extract.tvl1_torch --bench [--pairs 32 --size 224 --threads 2 --device cpu]` prints
+pairs/s of this module and of OpenCV on the same pairs, their ratio and their agreement.
 """
 from __future__ import annotations
 
@@ -169,14 +152,34 @@ def _padded_network(count: int, sorted_chains: Sequence[Sequence[int]], ranks: S
 
 @functools.lru_cache(maxsize=None)
 def _median_programs(k: int):
-    """Min/max programs for a k x k median (k odd) in two stages: sort every vertical run of k
-    values once (shared by the k windows that contain it), then select the middle value of the
-    k sorted columns of a window. For k = 5: 18 + 150 elementwise min/max, against 212 for a
-    network over 25 unsorted values and far cheaper than torch.median over unfolded windows."""
+    """Min/max programs for the median of a k x k window (k odd), in three stages.
+
+    1. Sort every vertical run of k values (shared by the k windows that contain it): a window is
+       then a k x k matrix M whose columns are sorted.
+    2. Sort each row of M (its i-th row holds the i-th smallest of each column): columns stay
+       sorted, so M[i, j] has at least (i+1)(j+1) entries <= it and (k-i)(k-j) entries >= it.
+       Entries that must lie below or above the median by these counts are dropped, and only the
+       row ranks that survive are computed.
+    3. Select the right rank among the surviving candidates, using the row/column order known
+       among them. For k = 5: 18 + 70 + 44 = 132 elementwise min/max, against 212 for a plain
+       network over 25 values, and far cheaper than torch.median over unfolded windows.
+    Returns (column program, its output wires, [(row program, wanted output wires)] per row,
+    selection program, its output wire)."""
+    n = k * k
+    m = (n + 1) // 2  # 1-based rank of the median
+    below = [(i, j) for i in range(k) for j in range(k) if (k - i) * (k - j) > n - m + 1]
+    cands = [(i, j) for i in range(k) for j in range(k)
+             if (i + 1) * (j + 1) <= m and (k - i) * (k - j) <= n - m + 1]
     columns, col_out = _padded_network(k, [], range(k))
-    chains = [range(c * k, c * k + k) for c in range(k)]
-    select, (med_out,) = _padded_network(k * k, chains, [k * k // 2])
-    return columns, col_out, select, med_out
+    rows = []
+    for i in range(k):
+        ranks = [j for (ci, j) in cands if ci == i]
+        rows.append(_padded_network(k, [], ranks) if ranks else ((), []))
+    pos = {c: t for t, c in enumerate(cands)}
+    chains = [[pos[(i, j)] for j in range(k) if (i, j) in pos] for i in range(k)]
+    chains += [[pos[(i, j)] for i in range(k) if (i, j) in pos] for j in range(k)]
+    select, (out,) = _padded_network(len(cands), chains, [m - len(below) - 1])
+    return columns, col_out, rows, select, out
 
 
 def _run_program(wires: list, program) -> list:
@@ -228,6 +231,7 @@ class TorchTVL1:
             sync_every = 1 if self.device.type == "cpu" else 5
         self.sync_every = max(1, int(sync_every))
         self.compact_ratio = float(compact_ratio)
+        self.last_compactions = 0  # working-set shrinks during the last calc (tests, tuning)
         self._axis_cache: dict = {}
 
     # ------------------------------------------------------------------ public API
@@ -257,6 +261,7 @@ class TorchTVL1:
         # uint8 grey levels and float 0..255 both become float grey levels unchanged
         i0 = i0.to(device=self.device, dtype=self.dtype)
         i1 = i1.to(device=self.device, dtype=self.dtype)
+        self.last_compactions = 0
 
         pyr0, pyr1 = [i0], [i1]
         for _ in range(1, self.nscales):
@@ -370,13 +375,16 @@ class TorchTVL1:
         k = self.median_filtering
         r = k // 2
         h, w = u.shape[-2:]
-        columns, col_out, select, med_out = _median_programs(k)
+        columns, col_out, rows, select, out = _median_programs(k)
         padded = F.pad(u, (r, r, r, r), mode="replicate")
-        wires = [padded[..., dy:dy + h, :] for dy in range(k)]
-        wires = _run_program(wires + [None] * k, columns)
-        ranked = [wires[o] for o in col_out]  # ranked[i]: i-th smallest of each vertical run of k
-        wires = [ranked[i][..., dx:dx + w] for dx in range(k) for i in range(k)]
-        return _run_program(wires + [None] * (k * k), select)[med_out]
+        wires = _run_program([padded[..., dy:dy + h, :] for dy in range(k)] + [None] * k, columns)
+        cands = []
+        for i, (program, outputs) in enumerate(rows):
+            if outputs:
+                ranked = wires[col_out[i]]  # i-th smallest of each vertical run, [..., H, W + 2r]
+                row = _run_program([ranked[..., dx:dx + w] for dx in range(k)] + [None] * k, program)
+                cands += [row[o] for o in outputs]
+        return _run_program(cands + [None] * len(cands), select)[out]
 
     # ------------------------------------------------------------------ one pyramid level
     def _one_level(self, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -457,6 +465,7 @@ class TorchTVL1:
                     break
                 if n_active <= self.compact_ratio * n:
                     keep = torch.nonzero(active).squeeze(1)
+                    self.last_compactions += 1
                     if rows is None:
                         full = (u, px, py)
                         rows = keep
@@ -530,26 +539,31 @@ def _bench(argv: Sequence[str] | None = None) -> None:
     prev, nxt = synthetic_pairs(args.pairs, args.size)
     ncv = args.pairs if args.cv_pairs is None else min(args.cv_pairs, args.pairs)
 
-    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
-    t0 = time.perf_counter()
-    ref = np.stack([tvl1.calc(prev[k], nxt[k], None) for k in range(ncv)])
-    t_cv = time.perf_counter() - t0
-
     model = TorchTVL1(device=args.device)
-    if model.device.type == "cuda":  # warm-up: CUDA context, kernels
-        model.calc(prev[:1], nxt[:1])
+    model.calc(prev[:1, :32, :32], nxt[:1, :32, :32])  # warm-up (lazy init, CUDA context and kernels)
+    if model.device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
+    t0, c0 = time.perf_counter(), time.process_time()
+    ref = np.stack([tvl1.calc(prev[k], nxt[k], None) for k in range(ncv)])
+    t_cv, c_cv = time.perf_counter() - t0, time.process_time() - c0
+
+    t0, c0 = time.perf_counter(), time.process_time()
     out = model.calc(prev, nxt)
-    t_torch = time.perf_counter() - t0
+    t_torch, c_torch = time.perf_counter() - t0, time.process_time() - c0
 
     epe = np.sqrt(((out[:ncv] - ref) ** 2).sum(-1))
-    q = lambda f: np.clip(np.rint((f + 20.0) * 255.0 / 40.0), 0, 255).astype(np.int16)
-    within = float((np.abs(q(out[:ncv]) - q(ref)) <= 1).mean())
+    def quantise(f):
+        return np.clip(np.rint((f + 20.0) * 255.0 / 40.0), 0, 255).astype(np.int16)
+
+    within = float((np.abs(quantise(out[:ncv]) - quantise(ref)) <= 1).mean())
     print(f"pairs={args.pairs} size={args.size} threads={args.threads} device={args.device} "
           f"cv2={cv2.__version__} torch={torch.__version__}")
-    print(f"opencv: {ncv / t_cv:.2f} pairs/s ({t_cv:.1f} s for {ncv} pairs, one at a time)")
-    print(f"torch : {args.pairs / t_torch:.2f} pairs/s ({t_torch:.1f} s for {args.pairs} pairs, one batch)")
+    print(f"opencv: {ncv / t_cv:.2f} pairs/s ({t_cv:.1f} s wall, {c_cv:.1f} s CPU for {ncv} pairs, one at a time)")
+    print(f"torch : {args.pairs / t_torch:.2f} pairs/s ({t_torch:.1f} s wall, {c_torch:.1f} s CPU for {args.pairs} "
+          f"pairs, one batch)")
+    print(f"ratio : torch / opencv = {(args.pairs / t_torch) / (ncv / t_cv):.2f}")
     print(f"agreement: mean EPE {epe.mean():.4f} px, within 1 grey level (bound 20) {100 * within:.2f}%")
 
 
