@@ -130,7 +130,7 @@ def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", see
     if not force and (final / "settings.json").is_file() and (final / "predictions.npz").is_file():
         try:
             if read_json(final / "settings.json") == json.loads(json.dumps(settings)):
-                log.info("reusing %s", final)
+                log.debug("reusing %s", final)
                 return load_run(final)
         except (OSError, ValueError, KeyError):
             pass  # unreadable: train again

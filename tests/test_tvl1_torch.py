@@ -245,6 +245,8 @@ def test_dropping_converged_pairs_changes_nothing(synthetic):
     plain = TorchTVL1(compact_ratio=0.0, sync_every=3)
     np.testing.assert_allclose(plain.calc(prev, nxt), default, rtol=0, atol=1e-4)
     assert plain.last_compactions == 0
+    chunked = TorchTVL1(cpu_chunk_pixels=2 * prev[0].size)  # CPU chunks of 2 + 1 pairs
+    np.testing.assert_allclose(chunked.calc(prev, nxt), default, rtol=0, atol=1e-4)
 
 
 def test_agrees_with_opencv_on_test_video_batch(tmp_path):
