@@ -70,16 +70,16 @@ def opencv_solver():
 def torch_solver():
     """One batched TV-L1 per worker process, on CUDA when available.
 
-    On CPU torch gets the thread share the stage gave OpenCV: torch is first imported here, after
-    the stage set its limits, so it would otherwise start one thread per core in every worker
-    (oversubscribed, and with many small tensors that is several times slower)."""
+    On CPU torch is capped at the thread share the stage gave OpenCV: torch is first imported
+    here, after the stage set its limits, so it would otherwise start one thread per core in every
+    worker (oversubscribed; with many small tensors that is several times slower)."""
     import cv2
     import torch
 
     from extract.tvl1_torch import TorchTVL1
 
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, cv2.getNumThreads()))
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), cv2.getNumThreads())))
         return TorchTVL1(device="cpu")
     return TorchTVL1(device="cuda")
 

@@ -169,6 +169,23 @@ def test_agrees_with_opencv_h264(tvl1, tmp_path):
     assert within >= WITHIN1_MIN
 
 
+def test_flow_stage_torch_backend_matches_opencv_backend(tmp_path):
+    """What `--flow-backend torch` stores (extract.flow: solve, quantise with bound 20) against the
+    OpenCV backend, on all pairs of the H.264 clip."""
+    from extract import flow
+
+    prev, nxt = _pair_h264(str(tmp_path))
+    first, second = np.stack([prev, nxt]), np.stack([nxt, prev])  # both directions
+    q_torch = flow.quantise(flow.compute_pairs(first, second, "torch", batch_pairs=1), 20.0).astype(np.int16)
+    q_cv = flow.quantise(flow.compute_pairs(first, second, "opencv"), 20.0).astype(np.int16)
+    assert q_torch.shape == q_cv.shape == (2, 112, 112, 2)
+    diff = np.abs(q_torch - q_cv)
+    print(f"flow stage torch vs opencv: mean abs diff {diff.mean():.3f} levels, within 1 {100 * (diff <= 1).mean():.2f}%")
+    assert (diff <= 1).mean() >= WITHIN1_MIN
+    assert diff.mean() < 0.3
+    assert np.abs(q_cv - 128).mean() > 1, "the clip should move"
+
+
 def test_flow_direction_matches_motion(synthetic):
     """Sanity check independent of OpenCV: a shift of (+1.37, -0.62) is found as such in the middle."""
     _, _, ours, _ = synthetic["translation"]
