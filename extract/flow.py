@@ -1,6 +1,7 @@
 """Flow stage: TV-L1 optical flow for each picked frame, quantised to uint8.
 
-`python -m extract.flow --manifest M --work W [--bound 20] [--flow-backend opencv|torch|auto]`
+`python -m extract.flow --manifest M --work W [--bound 20] [--flow-backend opencv|torch|auto]
+[--batch-videos N]`
 writes `W/flow/<key>.npz` with `flow`, uint8 `[T, S, S, 2]` (x then y), deflate-compressed,
 and `bound`. Flow k is computed on grayscale between picked frame k and the source frame that
 follows it (not the next *picked* frame), on the frames stage's geometry, so displacements are
@@ -30,6 +31,7 @@ class FlowSettings(clip.ClipSettings):
     bound: float = 20.0
     backend: str = "opencv"
     batch_pairs: int = 64  # frame pairs per call of the torch solver
+    batch_videos: int = 0  # videos whose pairs share torch solver calls; 0: 8 on CUDA, else 1
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,30 +96,92 @@ def compute_pairs(first: np.ndarray, second: np.ndarray, backend: str, batch_pai
     return np.stack([solver.calc(a, b, None) for a, b in zip(first, second)])
 
 
-def clip_flow(video: Video, settings: FlowSettings) -> np.ndarray:
-    """Float flow `[T, S, S, 2]` of one video, per source frame."""
+@dataclasses.dataclass
+class _Pairs:
+    """One video's decoded work: the (from, to) source-frame pairs to solve and their images."""
+    picks: np.ndarray
+    partners: np.ndarray
+    pairs: list[tuple[int, int]]
+    first: np.ndarray   # uint8 [P, S, S]
+    second: np.ndarray
+
+
+def _decode_pairs(video: Video, settings: FlowSettings) -> _Pairs:
     picks, frames, partners = clip.decode_picked(video, settings, with_partners=True, gray=True)
     # Distinct (from, to) pairs only: looping clips repeat picks.
     pairs = sorted({(int(p), int(q)) for p, q in zip(picks, partners) if q >= 0})
-    flows: dict[tuple[int, int], np.ndarray] = {}
-    if pairs:
-        # A pick on the last frame has no successor: use the step into it (partner is before it).
-        first = np.stack([frames[min(p, q)] for p, q in pairs])
-        second = np.stack([frames[max(p, q)] for p, q in pairs])
-        computed = compute_pairs(first, second, resolve_backend(settings.backend), settings.batch_pairs)
-        flows = dict(zip(pairs, computed))
+    shape = (0, settings.size, settings.size)
+    # A pick on the last frame has no successor: use the step into it (partner is before it).
+    first = np.stack([frames[min(p, q)] for p, q in pairs]) if pairs else np.zeros(shape, np.uint8)
+    second = np.stack([frames[max(p, q)] for p, q in pairs]) if pairs else np.zeros(shape, np.uint8)
+    return _Pairs(np.asarray(picks), np.asarray(partners), pairs, first, second)
+
+
+def _per_pick(work: _Pairs, computed: np.ndarray, settings: FlowSettings) -> np.ndarray:
+    """Solved pairs -> float flow `[T, S, S, 2]`, one per pick (zero where a pick has no pair)."""
+    flows = dict(zip(work.pairs, computed))
     zero = np.zeros((settings.size, settings.size, 2), np.float32)
-    return np.stack([flows.get((int(p), int(q)), zero) for p, q in zip(picks, partners)])
+    return np.stack([flows.get((int(p), int(q)), zero) for p, q in zip(work.picks, work.partners)])
+
+
+def clip_flow(video: Video, settings: FlowSettings) -> np.ndarray:
+    """Float flow `[T, S, S, 2]` of one video, per source frame."""
+    work = _decode_pairs(video, settings)
+    computed = (compute_pairs(work.first, work.second, resolve_backend(settings.backend), settings.batch_pairs)
+                if work.pairs else np.zeros((0, settings.size, settings.size, 2), np.float32))
+    return _per_pick(work, computed, settings)
+
+
+def _write(out: Path, flow: np.ndarray, settings: FlowSettings) -> None:
+    q = quantise(flow, settings.bound)
+    stage.atomic_write(out, lambda f: np.savez_compressed(f, flow=q, bound=np.float32(settings.bound)))
 
 
 def process(video: Video, out: Path, settings: FlowSettings) -> str | None:
-    flow = clip_flow(video, settings)
-    q = quantise(flow, settings.bound)
-    stage.atomic_write(out, lambda f: np.savez_compressed(f, flow=q, bound=np.float32(settings.bound)))
+    _write(out, clip_flow(video, settings), settings)
     return None
 
 
-STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",))
+def process_group(items, settings: FlowSettings) -> list:
+    """Several videos at once: their pairs go through the torch solver together, `batch_pairs`
+    at a time across video boundaries, so a GPU sees full batches instead of one video's ~79
+    pairs. A video that fails to decode or write fails alone (its exception is its outcome)."""
+    outcomes: list = [None] * len(items)
+    decoded = []
+    for i, (video, out) in enumerate(items):
+        try:
+            decoded.append((i, out, _decode_pairs(video, settings)))
+        except Exception as exc:  # this video's failure, recorded by the stage runner
+            outcomes[i] = exc
+    with_pairs = [w for _, _, w in decoded if w.pairs]
+    if with_pairs:
+        computed = compute_pairs(np.concatenate([w.first for w in with_pairs]),
+                                 np.concatenate([w.second for w in with_pairs]),
+                                 resolve_backend(settings.backend), settings.batch_pairs)
+    offset = 0
+    for i, out, work in decoded:
+        mine = computed[offset:offset + len(work.pairs)] if work.pairs else np.zeros((0,), np.float32)
+        offset += len(work.pairs)
+        try:
+            _write(out, _per_pick(work, mine, settings), settings)
+        except Exception as exc:
+            outcomes[i] = exc
+    return outcomes
+
+
+def group_size(settings: FlowSettings) -> int:
+    """Videos per worker call: `batch_videos`, or by default 8 when the torch solver runs on CUDA
+    (batching helps a GPU; on a CPU the solver works in cache-sized chunks anyway)."""
+    if settings.batch_videos:
+        return settings.batch_videos
+    if resolve_backend(settings.backend) != "torch":
+        return 1
+    import torch
+
+    return 8 if torch.cuda.is_available() else 1
+
+
+STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",), process_group=process_group, group_size=group_size)
 
 
 def load(work, video_id: str) -> np.ndarray:
@@ -136,9 +200,12 @@ def main(argv=None) -> int:
     parser.add_argument("--flow-backend", choices=BACKENDS, default="opencv",
                         help="opencv: OpenCV contrib DualTVL1 on CPU; torch: batched PyTorch TV-L1; auto: torch when CUDA is available")
     parser.add_argument("--batch-pairs", type=int, default=64, help="frame pairs per torch solver call")
+    parser.add_argument("--batch-videos", type=int, default=0,
+                        help="videos whose pairs share torch solver calls (0: 8 with torch on CUDA, else 1)")
     args = parser.parse_args(argv)
     settings = FlowSettings(num_frames=args.num_frames, size=args.size, resize=args.resize, timeout=args.timeout,
-                            bound=args.bound, backend=args.flow_backend, batch_pairs=args.batch_pairs)
+                            bound=args.bound, backend=args.flow_backend, batch_pairs=args.batch_pairs,
+                            batch_videos=args.batch_videos)
     return stage.run_command(STAGE, args, settings)
 
 

@@ -128,6 +128,12 @@ class Stage:
     suffix: str
     process: Callable[[Video, Path, Any], str | None]
     upstream: tuple[str, ...] = ()
+    # Optional batched form, for work that is cheaper in bulk (several videos' flow pairs in one
+    # GPU call): `process_group(items, settings)` takes [(video, out_path), ...] and returns, per
+    # item, its note (str or None) or the exception that made that one video fail.
+    # `group_size(settings)` says how many videos go into one call (1: use `process`).
+    process_group: Callable[[Sequence[tuple[Video, Path]], Any], list] | None = None
+    group_size: Callable[[Any], int] | None = None
 
 
 @dataclasses.dataclass
@@ -169,9 +175,38 @@ def _run_one(stage: Stage, video: Video, out_path: Path, settings: Any, threads:
         note = stage.process(video, out_path, settings)
     except Exception as exc:  # recorded in failures.csv with its type; the run goes on
         log.debug("%s failed on %r", stage.name, video.id, exc_info=True)
-        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        return video.id, "failed", reason, time.perf_counter() - started
+        return video.id, "failed", _reason(exc), time.perf_counter() - started
     return video.id, "done", note or "", time.perf_counter() - started
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
+def _run_group(stage: Stage, items: Sequence[tuple[Video, Path]], settings: Any,
+               threads: int) -> list[tuple[str, str, str, float]]:
+    """Worker side: several videos in one `process_group` call; each video fails or succeeds alone.
+
+    If the call as a whole raises (say the GPU ran out of memory on the joint batch), every
+    video of the group is retried on its own with `process`.
+    """
+    _limit_threads(threads)
+    started = time.perf_counter()
+    try:
+        outcomes = stage.process_group(items, settings)
+    except Exception:  # the batch failed, not necessarily any one video: isolate them
+        log.debug("%s: a group of %d videos failed as a whole; retrying one by one", stage.name, len(items),
+                  exc_info=True)
+        return [_run_one(stage, v, out, settings, threads) for v, out in items]
+    each = (time.perf_counter() - started) / max(1, len(items))
+    results = []
+    for (video, _), outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            log.debug("%s failed on %r: %s", stage.name, video.id, outcome)
+            results.append((video.id, "failed", _reason(outcome), each))
+        else:
+            results.append((video.id, "done", outcome or "", each))
+    return results
 
 
 _threads_set: int | None = None
@@ -194,10 +229,13 @@ def _limit_threads(threads: int) -> None:
 def _check_settings(folder: Path, stage: str, settings: Any) -> None:
     """Outputs of one folder share one set of settings; a clash is an error, not a silent mix."""
     wanted = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
-    wanted.pop("timeout", None)
+    for key in RUNTIME_SETTINGS:
+        wanted.pop(key, None)
     path = folder / "settings.json"
     if path.is_file():
         found = json.loads(path.read_text())
+        for key in RUNTIME_SETTINGS:
+            found.pop(key, None)
         if found != wanted:
             diff = {k: (found.get(k), wanted.get(k)) for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)}
             shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
@@ -205,6 +243,10 @@ def _check_settings(folder: Path, stage: str, settings: Any) -> None:
                                    f"use another --work folder, or delete {folder} to start over")
         return
     atomic_write(path, lambda f: f.write(json.dumps(wanted, indent=2, sort_keys=True).encode()))
+
+
+# Settings that change how a stage runs, not what it writes: free to differ between runs.
+RUNTIME_SETTINGS = ("timeout", "batch_pairs", "batch_videos")
 
 
 def default_jobs() -> int:
@@ -248,7 +290,8 @@ def run_stage(stage: Stage, videos: Sequence[Video], work: str | os.PathLike, se
     threads = max(1, default_jobs() // max(1, jobs))
     failures = []
     by_id = {v.id: v for v, _ in todo}
-    results = _execute(stage, todo, settings, jobs, threads, backend, scheduler)
+    group = stage.group_size(settings) if stage.process_group and stage.group_size else 1
+    results = _execute(stage, todo, settings, jobs, threads, backend, scheduler, max(1, group))
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -269,29 +312,39 @@ def run_stage(stage: Stage, videos: Sequence[Video], work: str | os.PathLike, se
 
 
 def _execute(stage: Stage, todo: Sequence[tuple[Video, Path]], settings: Any, jobs: int, threads: int,
-             backend: str, scheduler: str | None) -> Iterator[tuple[str, str, str, float]]:
+             backend: str, scheduler: str | None, group: int = 1) -> Iterator[tuple[str, str, str, float]]:
+    """Per-video results as they finish; with `group` > 1, videos travel to workers in groups."""
     if not todo:
         return iter(())
-    if backend == "dask":
-        return _execute_dask(stage, todo, settings, threads, scheduler, jobs)
-    if backend != "joblib":
+    if backend not in ("joblib", "dask"):
         raise ValueError(f"unknown backend {backend!r}: use joblib or dask")
-    if jobs == 1:
-        return (_run_one(stage, v, out, settings, threads) for v, out in todo)
-    from joblib import Parallel, delayed
+    groups = [todo[a:a + group] for a in range(0, len(todo), group)]
+    if backend == "dask":
+        batches = _execute_dask(stage, groups, settings, scheduler, jobs)
+    elif jobs == 1:
+        batches = (_run_batch(stage, g, settings, threads) for g in groups)
+    else:
+        from joblib import Parallel, delayed
 
-    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")
-    return parallel(delayed(_run_one)(stage, v, out, settings, threads) for v, out in todo)
+        parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")
+        batches = parallel(delayed(_run_batch)(stage, g, settings, threads) for g in groups)
+    return (result for batch in batches for result in batch)
 
 
-def _execute_dask(stage: Stage, todo, settings, threads: int, scheduler: str | None, jobs: int):
-    """The same per-video function on a Dask cluster; workers write to the (shared) work folder."""
+def _run_batch(stage: Stage, items: Sequence[tuple[Video, Path]], settings: Any, threads: int) -> list:
+    if len(items) == 1:
+        return [_run_one(stage, items[0][0], items[0][1], settings, threads)]
+    return _run_group(stage, items, settings, threads)
+
+
+def _execute_dask(stage: Stage, groups, settings, scheduler: str | None, jobs: int):
+    """The same functions on a Dask cluster; workers write to the (shared) work folder."""
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None if scheduler else LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True)
     client = Client(scheduler or cluster)
     try:
-        futures = [client.submit(_run_one, stage, v, out, settings, 1, pure=False) for v, out in todo]
+        futures = [client.submit(_run_batch, stage, g, settings, 1, pure=False) for g in groups]
         for future in as_completed(futures):
             yield future.result()
     finally:

@@ -5,6 +5,7 @@ Small geometry throughout (8 frames, 32 px) so the suite stays quick on two core
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -294,3 +295,43 @@ def test_dask_backend_gives_the_same_outputs(dataset, work, tmp_path):
     assert set(stage.read_failures(tmp_path, "frames")) == set(BAD)
     for vid in GOOD:
         np.testing.assert_array_equal(frames.load(tmp_path, vid), frames.load(w, vid))
+
+
+def test_grouped_flow_matches_one_video_at_a_time_and_isolates_failures(tmp_path, dataset):
+    """`--batch-videos`: several videos' pairs share torch solver calls; results and failures stay per video."""
+    _, rows = dataset
+    chosen = [v for v in rows if v.id in ("good", "short", "one frame", "truncated", "clé ü")]
+    single = flow.FlowSettings(num_frames=4, size=S, timeout=60, backend="torch", batch_pairs=5)
+    grouped = flow.FlowSettings(num_frames=4, size=S, timeout=60, backend="torch", batch_pairs=5, batch_videos=5)
+    assert flow.group_size(single) == 1 and flow.group_size(grouped) == 5
+    calls = []
+
+    def counted(items, settings):
+        calls.append(len(items))
+        return flow.process_group(items, settings)
+
+    a = stage.run_stage(flow.STAGE, chosen, tmp_path / "a", single, jobs=1)
+    b = stage.run_stage(dataclasses.replace(flow.STAGE, process_group=counted), chosen, tmp_path / "b", grouped, jobs=1)
+    assert calls == [5]                                     # one call for the five videos
+    assert (a.done, a.failed) == (b.done, b.failed) == (4, 1)
+    assert stage.read_failures(tmp_path / "b", "flow").keys() == {"truncated"}
+    for v in chosen:
+        if v.id != "truncated":
+            x, y = flow.load(tmp_path / "a", v.id).astype(int), flow.load(tmp_path / "b", v.id).astype(int)
+            assert x.shape == y.shape == (4, S, S, 2) and np.abs(x - y).max() <= 1, v.id
+    # the group size is how the work runs, not what it writes: resuming with another one is fine
+    again = stage.run_stage(flow.STAGE, chosen, tmp_path / "b", single, jobs=1)
+    assert again.skipped == 4 and again.failed == 1
+
+
+def test_a_group_that_fails_as_a_whole_is_retried_video_by_video(tmp_path, dataset, monkeypatch):
+    _, rows = dataset
+    chosen = [v for v in rows if v.id in ("good", "short")]
+
+    def out_of_memory(items, settings):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    broken = dataclasses.replace(flow.STAGE, process_group=out_of_memory)
+    settings = flow.FlowSettings(num_frames=4, size=S, timeout=60, batch_videos=2)
+    summary = stage.run_stage(broken, chosen, tmp_path, settings, jobs=1)
+    assert (summary.done, summary.failed) == (2, 0)
