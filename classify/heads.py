@@ -215,11 +215,11 @@ class LSTMHead:
             opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             best, best_state, bad = math.inf, None, 0
             self.history_ = []
+            batch = self.batch_size or min(512, max(8, len(yt) // 10))
             for epoch in range(self.max_epochs):
                 self.net_.train()
                 order = torch.randperm(len(yt), generator=gen)
                 total = 0.0
-                batch = self.batch_size or min(512, max(8, len(yt) // 10))
                 for a in range(0, len(order), batch):
                     idx = order[a:a + batch]
                     opt.zero_grad()

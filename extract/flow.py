@@ -88,6 +88,8 @@ def torch_solver():
 
 def compute_pairs(first: np.ndarray, second: np.ndarray, backend: str, batch_pairs: int = 64) -> np.ndarray:
     """TV-L1 from first[i] to second[i] (uint8 grayscale `[P, H, W]`) -> float32 `[P, H, W, 2]`."""
+    if len(first) == 0:
+        return np.zeros((*first.shape, 2), np.float32)
     if backend == "torch":
         solver = torch_solver()
         return np.concatenate([solver.calc(first[i:i + batch_pairs], second[i:i + batch_pairs])
@@ -127,9 +129,8 @@ def _per_pick(work: _Pairs, computed: np.ndarray, settings: FlowSettings) -> np.
 def clip_flow(video: Video, settings: FlowSettings) -> np.ndarray:
     """Float flow `[T, S, S, 2]` of one video, per source frame."""
     work = _decode_pairs(video, settings)
-    computed = (compute_pairs(work.first, work.second, resolve_backend(settings.backend), settings.batch_pairs)
-                if work.pairs else np.zeros((0, settings.size, settings.size, 2), np.float32))
-    return _per_pick(work, computed, settings)
+    return _per_pick(work, compute_pairs(work.first, work.second, resolve_backend(settings.backend),
+                                         settings.batch_pairs), settings)
 
 
 def _write(out: Path, flow: np.ndarray, settings: FlowSettings) -> None:
@@ -153,14 +154,14 @@ def process_group(items, settings: FlowSettings) -> list:
             decoded.append((i, out, _decode_pairs(video, settings)))
         except Exception as exc:  # this video's failure, recorded by the stage runner
             outcomes[i] = exc
-    with_pairs = [w for _, _, w in decoded if w.pairs]
-    if with_pairs:
-        computed = compute_pairs(np.concatenate([w.first for w in with_pairs]),
-                                 np.concatenate([w.second for w in with_pairs]),
-                                 resolve_backend(settings.backend), settings.batch_pairs)
+    if not decoded:
+        return outcomes
+    computed = compute_pairs(np.concatenate([w.first for _, _, w in decoded]),
+                             np.concatenate([w.second for _, _, w in decoded]),
+                             resolve_backend(settings.backend), settings.batch_pairs)
     offset = 0
     for i, out, work in decoded:
-        mine = computed[offset:offset + len(work.pairs)] if work.pairs else np.zeros((0,), np.float32)
+        mine = computed[offset:offset + len(work.pairs)]
         offset += len(work.pairs)
         try:
             _write(out, _per_pick(work, mine, settings), settings)

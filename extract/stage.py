@@ -226,16 +226,20 @@ def _limit_threads(threads: int) -> None:
     _threads_set = threads
 
 
+# Settings that change how a stage runs, not what it writes: free to differ between runs.
+RUNTIME_SETTINGS = ("timeout", "batch_pairs", "batch_videos")
+
+
+def _output_settings(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
+
+
 def _check_settings(folder: Path, stage: str, settings: Any) -> None:
     """Outputs of one folder share one set of settings; a clash is an error, not a silent mix."""
-    wanted = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
-    for key in RUNTIME_SETTINGS:
-        wanted.pop(key, None)
+    wanted = _output_settings(json.loads(json.dumps(dataclasses.asdict(settings), default=str)))
     path = folder / "settings.json"
     if path.is_file():
-        found = json.loads(path.read_text())
-        for key in RUNTIME_SETTINGS:
-            found.pop(key, None)
+        found = _output_settings(json.loads(path.read_text()))
         if found != wanted:
             diff = {k: (found.get(k), wanted.get(k)) for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)}
             shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
@@ -243,10 +247,6 @@ def _check_settings(folder: Path, stage: str, settings: Any) -> None:
                                    f"use another --work folder, or delete {folder} to start over")
         return
     atomic_write(path, lambda f: f.write(json.dumps(wanted, indent=2, sort_keys=True).encode()))
-
-
-# Settings that change how a stage runs, not what it writes: free to differ between runs.
-RUNTIME_SETTINGS = ("timeout", "batch_pairs", "batch_videos")
 
 
 def default_jobs() -> int:

@@ -31,6 +31,14 @@ def order_task(n, seed, dim=6, width=10):
     return X, lengths, y
 
 
+def padded(rng, lengths, width, dim, offsets):
+    """Zero-padded `[n, width, dim]`: video i is noise plus offsets[i] over its first lengths[i] steps."""
+    X = np.zeros((len(lengths), width, dim), np.float32)
+    for i, length in enumerate(lengths):
+        X[i, :length] = rng.standard_normal((length, dim)) + offsets[i]
+    return X
+
+
 def with_garbage_padding(X, lengths, seed=5):
     rng = np.random.default_rng(seed)
     G = X.copy()
@@ -120,9 +128,7 @@ def test_pooled_heads_seeded_and_padding_free(kind):
     n, width, dim = 240, 7, 5
     y = np.arange(n) % 3
     lengths = rng.integers(2, width + 1, n)
-    X = np.zeros((n, width, dim), np.float32)
-    for i in range(n):
-        X[i, :lengths[i]] = rng.standard_normal((lengths[i], dim)) + 1.5 * np.eye(dim)[y[i]]
+    X = padded(rng, lengths, width, dim, 1.5 * np.eye(dim)[y])
     p1 = make_head(kind, seed=2).fit(X[:180], lengths[:180], y[:180], n_classes=3).predict_proba(X[180:], lengths[180:])
     head = make_head(kind, seed=2).fit(X[:180], lengths[:180], y[:180], n_classes=3)
     p2 = head.predict_proba(X[180:], lengths[180:])
@@ -185,9 +191,7 @@ def test_lstm_pools_long_sequences_and_survives_pickling():
     n, width, dim = 120, 40, 8
     y = np.arange(n) % 2
     lengths = rng.integers(10, width + 1, n)
-    X = np.zeros((n, width, dim), np.float32)
-    for i in range(n):
-        X[i, :lengths[i]] = rng.standard_normal((lengths[i], dim)) + y[i]
+    X = padded(rng, lengths, width, dim, y[:, None])
     head = LSTMHead(seed=0, **dict(FAST, max_epochs=5, max_steps=8)).fit(X, lengths, y, n_classes=2)
     p = head.predict_proba(X, lengths)
     buf = io.BytesIO()
