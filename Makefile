@@ -7,6 +7,8 @@
 #   RESIZE    crop (I3D protocol) | squash (published)          FLOW_BACKEND  opencv | torch | auto
 #   WEIGHTS   checkpoint folder, or `random`                    SEEDS    seeds per table cell (5)
 #   DATASET   dmver | iemocap | music-video | other (which published numbers the table shows)
+#   MODALITIES  feature sets for `make features` (default: every registered one)
+#   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
 #
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
 # the targets below carry on past that so one broken video does not stop a 31,761-video run,
@@ -66,10 +68,11 @@ flow: $(STAMP) $(MANIFEST)
 audio: $(STAMP) $(MANIFEST)
 	$(PY) -m extract.audio $(STAGE_ARGS) $(PARTIAL_OK)
 
-# features: all four backbones; WEIGHTS=random runs seeded random backbones (numbers not comparable).
+# features: every modality of the registry (python -m features.extract --names; or MODALITIES="rgb flow");
+# WEIGHTS=random runs seeded random backbones (numbers not comparable; the text encoder is always the real one).
 features: $(STAMP)
-	for m in rgb flow audio rgb2d; do \
-	  $(PY) -m features.extract --modality $$m --manifest $(MANIFEST) --work $(WORK) --weights $(WEIGHTS) --device $(DEVICE) $(PARTIAL_OK) || exit $$?; \
+	for m in $(or $(MODALITIES),$$($(PY) -m features.extract --names)); do \
+	  $(PY) -m features.extract --modality $$m --manifest $(MANIFEST) --work $(WORK) --weights $(WEIGHTS) --device $(DEVICE) $(FEATURE_ARGS) $(PARTIAL_OK) || exit $$?; \
 	done
 
 weights: $(STAMP)

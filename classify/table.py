@@ -1,13 +1,19 @@
 """The seed's results table, reproduced on the features in a work folder.
 
     python -m classify.table [--manifest M] [--work W] [--seeds 5] [--dataset dmver|iemocap|music-video|other]
-                             [--head lstm] [--rule weighted] [--out DIR (default W/table)]
+                             [--head lstm] [--rule weighted] [--extra-rows auto|none|NAMES] [--out DIR]
 
-Rows and columns as in the DMVER README:
+Rows and columns are data (`SEED_ROWS`, `EXTRA_ROWS`: each a `Row` of {column: modalities});
+the seed's three rows, as in the DMVER README:
 
     ConvNet+LSTM   RGB = rgb2d features (ResNet-18 per frame) with the LSTM head
     I3D            RGB = rgb, Flow/Audio = flow,  Joint = late fusion of rgb + flow
     Audio+I3D      RGB = rgb, Flow/Audio = audio, Joint = late fusion of rgb + flow + audio
+
+and beyond them, in a table of their own marked as not published: Text (the caption alone)
+and All modalities (rgb + flow + audio + text fused). `--extra-rows auto` (default) shows the
+extra rows whose modalities all have a cache. The footer's column notes are generated from the
+rows and the modality registry.
 
 Every cell is the test accuracy (and macro-F1) as mean +- std over seeds 0..SEEDS-1; seed S of
 a joint cell fuses the single runs of seed S (`classify.fuse`). Runs already in `W/runs/` are
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -42,28 +49,74 @@ from features import cache
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("RGB", "Flow/Audio", "Joint")
-# row -> {column: modalities}; one modality is a single run, several a fusion of their runs.
-ROWS = {
-    "ConvNet+LSTM": {"RGB": ("rgb2d",)},
-    "I3D": {"RGB": ("rgb",), "Flow/Audio": ("flow",), "Joint": ("rgb", "flow")},
-    "Audio+I3D": {"RGB": ("rgb",), "Flow/Audio": ("audio",), "Joint": ("rgb", "flow", "audio")},
-}
-SINGLES = ("rgb2d", "rgb", "flow", "audio")  # training order: one cache in memory at a time
-CONVNET_HEAD = "lstm"  # the ConvNet+LSTM row is an LSTM whatever --head says
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the table: its cells as {column: modalities} (one modality: a single run;
+    several: the late fusion of their runs), a fixed head if the method has one, and whether the
+    seed's published table has it (published numbers are keyed by row and column name)."""
+    name: str
+    cells: dict[str, tuple[str, ...]]
+    head: str | None = None
+    published: bool = True
 
-# Published top-1 test accuracy in percent, from FACTS.md section 2 (the seed README's table);
-# None where the published table has "-". Order: RGB, Flow/Audio, Joint.
+
+COLUMNS = ("RGB", "Flow/Audio", "Joint")
+SEED_ROWS = (
+    Row("ConvNet+LSTM", {"RGB": ("rgb2d",)}, head="lstm"),  # an LSTM whatever --head says
+    Row("I3D", {"RGB": ("rgb",), "Flow/Audio": ("flow",), "Joint": ("rgb", "flow")}),
+    Row("Audio+I3D", {"RGB": ("rgb",), "Flow/Audio": ("audio",), "Joint": ("rgb", "flow", "audio")}),
+)
+# Beyond the seed's table: shown when every modality of the row has a cache (or named with --extra-rows).
+EXTRA_ROWS = (
+    Row("Text", {"Text": ("text",)}, published=False),
+    Row("All modalities", {"Joint": ("rgb", "flow", "audio", "text")}, published=False),
+)
+
+# Published top-1 test accuracy in percent, from FACTS.md section 2 (the seed README's table),
+# by dataset, row and column; a column the published table has as "-" is absent.
 PUBLISHED = {
-    "iemocap": {"ConvNet+LSTM": (50.77, None, None), "I3D": (78.46, 56.15, 77.50),
-                "Audio+I3D": (78.46, 55.96, 72.69)},
-    "music-video": {"ConvNet+LSTM": (27.92, None, None), "I3D": (57.61, 48.98, 55.58),
-                    "Audio+I3D": (57.61, 44.42, 58.38)},
-    "dmver": {"ConvNet+LSTM": (37.91, None, None), "I3D": (54.02, 59.03, 61.67),
-              "Audio+I3D": (54.02, 46.42, 62.41)},
+    "iemocap": {"ConvNet+LSTM": {"RGB": 50.77}, "I3D": {"RGB": 78.46, "Flow/Audio": 56.15, "Joint": 77.50},
+                "Audio+I3D": {"RGB": 78.46, "Flow/Audio": 55.96, "Joint": 72.69}},
+    "music-video": {"ConvNet+LSTM": {"RGB": 27.92}, "I3D": {"RGB": 57.61, "Flow/Audio": 48.98, "Joint": 55.58},
+                    "Audio+I3D": {"RGB": 57.61, "Flow/Audio": 44.42, "Joint": 58.38}},
+    "dmver": {"ConvNet+LSTM": {"RGB": 37.91}, "I3D": {"RGB": 54.02, "Flow/Audio": 59.03, "Joint": 61.67},
+              "Audio+I3D": {"RGB": 54.02, "Flow/Audio": 46.42, "Joint": 62.41}},
 }
 DATASETS = ("dmver", "iemocap", "music-video", "other")
 DATASET_NAMES = {"dmver": "DMVER", "iemocap": "IEMOCAP", "music-video": "Music-video", "other": "this dataset"}
+
+
+def singles(rows) -> list[tuple[str, str | None]]:
+    """(modality, fixed head) of every single run the rows need, in order of first use: the
+    training order, one cache in memory at a time."""
+    out: dict[tuple[str, str | None], None] = {}
+    for row in rows:
+        for mods in row.cells.values():
+            for m in mods:
+                out.setdefault((m, row.head), None)
+    return list(out)
+
+
+def modalities_of(rows) -> list[str]:
+    return list(dict.fromkeys(m for row in rows for mods in row.cells.values() for m in mods))
+
+
+def columns_of(rows) -> list[str]:
+    return list(dict.fromkeys(c for row in rows for c in row.cells))
+
+
+def select_extra_rows(work, names: str = "auto") -> tuple[Row, ...]:
+    """`auto`: the extra rows whose modalities all have a cache; `none`; or row names, comma-separated."""
+    if names == "auto":
+        return tuple(r for r in EXTRA_ROWS if all(cache.exists(work, m) for m in modalities_of([r])))
+    if names in ("", "none"):
+        return ()
+    by_name = {r.name.lower(): r for r in EXTRA_ROWS}
+    wanted = [n.strip().lower() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown extra row(s) {unknown}; known: {', '.join(r.name for r in EXTRA_ROWS)}")
+    return tuple(by_name[n] for n in wanted)
 
 
 # ----------------------------------------------------------------------------- computing
@@ -85,11 +138,13 @@ def _mean_recall(recalls: list[dict], class_names: list[str]) -> dict:
     return out
 
 
-def _train_singles(work, labels: Labels, head: str, seeds: list[int], store: FeatureStore) -> dict:
-    """(modality, head) -> {"runs": [metrics per seed], "paths": [...]} or {"error": message}."""
+def _train_singles(work, labels: Labels, head: str, seeds: list[int], store: FeatureStore, rows) -> dict:
+    """(modality, head) -> {"metrics": [per seed], "paths": [...]} or {"error": message}."""
     done = {}
-    wanted = [(m, CONVNET_HEAD if m == "rgb2d" else head) for m in SINGLES]
-    for modality, h in wanted:
+    for modality, fixed in singles(rows):
+        h = fixed or head
+        if (modality, h) in done:
+            continue
         try:
             results = []
             for seed in seeds:
@@ -106,11 +161,12 @@ def _train_singles(work, labels: Labels, head: str, seeds: list[int], store: Fea
     return done
 
 
-def _cell(row: str, column: str, modalities: tuple, head: str, rule: str, seeds: list[int], singles: dict,
+def _cell(row: Row, column: str, modalities: tuple, head: str, rule: str, seeds: list[int], singles: dict,
           work, labels: Labels, store: FeatureStore) -> dict:
-    h = CONVNET_HEAD if row == "ConvNet+LSTM" else head
-    cell = {"row": row, "column": column, "modalities": list(modalities), "head": h,
-            "kind": "joint" if len(modalities) > 1 else "single", "status": "ok", "note": None}
+    h = row.head or head
+    cell = {"row": row.name, "column": column, "modalities": list(modalities), "head": h,
+            "kind": "joint" if len(modalities) > 1 else "single", "status": "ok", "note": None,
+            "in_published_table": row.published}
     if cell["kind"] == "joint":
         cell["rule"] = rule
     errors = [f"{m}: {singles[(m, h)]['error']}" for m in modalities if "error" in singles[(m, h)]]
@@ -144,26 +200,47 @@ def _cell(row: str, column: str, modalities: tuple, head: str, rule: str, seeds:
     return cell
 
 
+def _describe_rows(rows) -> str:
+    """'ConvNet+LSTM: RGB = rgb2d (ResNet-18 on each frame); I3D: RGB = rgb, ...' from the declarations."""
+    from features import modalities as registry
+
+    def name(m: str) -> str:
+        try:
+            return f"{m} ({registry.get(m).summary})"
+        except ValueError:
+            return m
+    parts = []
+    for row in rows:
+        cells = ", ".join(f"{col} = {'+'.join(mods) if len(mods) > 1 else name(mods[0])}" for col, mods in row.cells.items())
+        parts.append(f"{row.name}: {cells}")
+    return "; ".join(parts)
+
+
 def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule: str = "weighted",
-                dataset: str = "other") -> dict:
+                dataset: str = "other", extra_rows: tuple[Row, ...] = ()) -> dict:
     """Train or reuse every run, fuse, and return the table as a JSON-ready dict (fractions)."""
     t0 = time.perf_counter()
+    rows = SEED_ROWS + tuple(extra_rows)
     store = FeatureStore(work)
-    singles = _train_singles(work, labels, head, seeds, store)
+    trained = _train_singles(work, labels, head, seeds, store, rows)
     published = PUBLISHED.get(dataset)
     cells = []
-    for row, columns in ROWS.items():
-        for column, modalities in columns.items():
-            cell = _cell(row, column, modalities, head, rule, seeds, singles, work, labels, store)
-            if published is not None:
-                cell["published_accuracy_percent"] = published[row][COLUMNS.index(column)]
+    for row in rows:
+        for column, modalities in row.cells.items():
+            cell = _cell(row, column, modalities, head, rule, seeds, trained, work, labels, store)
+            if published is not None and row.published:
+                cell["published_accuracy_percent"] = published.get(row.name, {}).get(column)
             cells.append(cell)
     return {
-        "banner": cache.random_weights_banner(work, SINGLES),
-        "dataset": dataset, "work": str(work), "seeds": seeds, "head": head, "convnet_head": CONVNET_HEAD,
+        "banner": cache.random_weights_banner(work, modalities_of(rows)),
+        "dataset": dataset, "work": str(work), "seeds": seeds, "head": head,
+        "fixed_heads": {r.name: r.head for r in rows if r.head},
         "rule": rule, "class_names": labels.class_names, "n_test": len(labels.ids("test")),
         "units": "fractions (0..1) for ours; published_accuracy_percent in percent",
         "published_source": "FACTS.md section 2 (the seed DMVER README's table)" if published else None,
+        "rows": [{"name": r.name, "cells": {c: list(m) for c, m in r.cells.items()}, "head": r.head,
+                  "in_published_table": r.published} for r in rows],
+        "columns": _describe_rows(rows),
         "cells": cells,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -188,42 +265,54 @@ def _seed_text(seeds: list[int]) -> str:
     return f"{', '.join(map(str, seeds))} ({len(seeds)} per cell)"
 
 
-def markdown(table: dict) -> str:
-    """The table as Markdown, the random-weights banner (if any) first."""
-    published = table["published_source"] is not None
-    name = DATASET_NAMES[table["dataset"]]
-    lines = []
-    if table["banner"]:
-        lines += [table["banner"], ""]
-    lines += [f"## Emotion recognition results on {name} (test split)", "",
-              f"Test accuracy (%), mean ± std over {len(table['seeds'])} seed{'s' if len(table['seeds']) > 1 else ''}"
-              + (f"; \"published\" = {table['published_source']}." if published else "."), ""]
+def _grid(table: dict, rows: list[dict], metric: str, published: bool, notes: list[str]) -> list[str]:
+    """One Markdown table of `rows` (from table["rows"]) over the columns they declare."""
+    columns = list(dict.fromkeys(c for r in rows for c in r["cells"]))
     header = ["Method"]
-    for col in COLUMNS:
+    for col in columns:
         header += [col, f"{col} published"] if published else [col]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    notes = []
-    for row in ROWS:
-        out = [row]
-        for col in COLUMNS:
-            cell = _find(table, row, col)
-            text = "-" if cell is None else _pct(cell.get("accuracy"))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        out = [row["name"]]
+        for col in columns:
+            cell = _find(table, row["name"], col)
+            text = "-" if cell is None else _pct(cell.get(metric))
             if cell is not None and cell["status"] != "ok":
-                notes.append(f"{row} {col} ({'+'.join(cell['modalities'])}): {cell['note']}")
-                text = f"n/a [{len(notes)}]"
+                note = f"{row['name']} {col} ({'+'.join(cell['modalities'])}): {cell['note']}"
+                if note not in notes:
+                    notes.append(note)
+                text = f"n/a [{notes.index(note) + 1}]"
             out.append(text)
             if published:
                 value = None if cell is None else cell.get("published_accuracy_percent")
                 out.append("-" if value is None else f"{value:.2f}")
         lines.append("| " + " | ".join(out) + " |")
-    lines += ["", "Macro-F1 (%), mean ± std over the same runs:", "",
-              "| Method | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
-    for row in ROWS:
-        out = [row]
-        for col in COLUMNS:
-            cell = _find(table, row, col)
-            out.append("-" if cell is None else _pct(cell.get("macro_f1")))
-        lines.append("| " + " | ".join(out) + " |")
+    return lines
+
+
+def markdown(table: dict) -> str:
+    """The table as Markdown, the random-weights banner (if any) first; rows beyond the seed's
+    table follow in a table of their own, marked as not published."""
+    published = table["published_source"] is not None
+    name = DATASET_NAMES[table["dataset"]]
+    seed_rows = [r for r in table["rows"] if r["in_published_table"]]
+    extra_rows = [r for r in table["rows"] if not r["in_published_table"]]
+    n_seeds = len(table["seeds"])
+    lines = []
+    if table["banner"]:
+        lines += [table["banner"], ""]
+    lines += [f"## Emotion recognition results on {name} (test split)", "",
+              f"Test accuracy (%), mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''}"
+              + (f"; \"published\" = {table['published_source']}." if published else "."), ""]
+    notes: list[str] = []
+    lines += _grid(table, seed_rows, "accuracy", published, notes)
+    if extra_rows:
+        lines += ["", "Beyond the published table (these rows are not in the seed's results), test accuracy (%):", ""]
+        lines += _grid(table, extra_rows, "accuracy", False, notes)
+    lines += ["", "Macro-F1 (%), mean ± std over the same runs:", ""]
+    lines += _grid(table, seed_rows, "macro_f1", False, notes)
+    if extra_rows:
+        lines += [""] + _grid(table, extra_rows, "macro_f1", False, notes)
     lines.append("")
     if notes:
         lines += ["Not available:"] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)] + [""]
@@ -234,20 +323,20 @@ def markdown(table: dict) -> str:
     for c in table["cells"]:
         if c["kind"] == "joint" and c["status"] == "ok":
             weights.append(f"{c['row']} " + ", ".join(f"{m} {w:.2f}" for m, w in c["weights"].items()))
+    fixed = "".join(f" (the {r} row always uses {h})" for r, h in table["fixed_heads"].items())
     lines += [
         f"- Seeds: {_seed_text(table['seeds'])}; std is the sample standard deviation over seeds (ddof=1).",
-        f"- Head: {table['head']} on frozen backbone features (the ConvNet+LSTM row always uses "
-        f"{table['convnet_head']}); fusion rule: {table['rule']} (late fusion of the single runs' class "
-        f"probabilities, chosen on the validation split)" + (f"; mean weights: {'; '.join(weights)}." if weights else "."),
+        f"- Head: {table['head']} on frozen backbone features{fixed}; fusion rule: {table['rule']} (late fusion of "
+        f"the single runs' class probabilities, chosen on the validation split)"
+        + (f"; mean weights: {'; '.join(weights)}." if weights else "."),
         f"- Test videos: {table['n_test']} (manifest test split){fewer}.",
-        "- Columns: ConvNet+LSTM RGB = rgb2d (per-frame ResNet-18); I3D: RGB = rgb, Flow/Audio = flow, "
-        "Joint = rgb+flow; Audio+I3D: RGB = rgb, Flow/Audio = audio, Joint = rgb+flow+audio.",
+        f"- Columns: {table['columns']}.",
         "- Accuracies and macro-F1 in percent.",
     ]
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("method", "column", "modalities", "head", "rule", "status", "note", "n_test", "seeds",
+CSV_FIELDS = ("method", "column", "modalities", "in_published_table", "head", "rule", "status", "note", "n_test", "seeds",
               "accuracy_mean_pct", "accuracy_std_pct", "accuracy_per_seed_pct", "macro_f1_mean_pct",
               "macro_f1_std_pct", "macro_f1_per_seed_pct", "published_accuracy_pct")
 
@@ -258,7 +347,8 @@ def csv_text(table: dict) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for c in table["cells"]:
-        row = {"method": c["row"], "column": c["column"], "modalities": "+".join(c["modalities"]), "head": c["head"],
+        row = {"method": c["row"], "column": c["column"], "modalities": "+".join(c["modalities"]),
+               "in_published_table": c["in_published_table"], "head": c["head"],
                "rule": c.get("rule", ""), "status": c["status"], "note": c["note"] or "",
                "n_test": c.get("n_test", ""), "seeds": ";".join(map(str, table["seeds"])),
                "published_accuracy_pct": "" if c.get("published_accuracy_percent") is None
@@ -306,9 +396,10 @@ def _recall_figure(table: dict):
 
     series = []
     seen = set()
-    # single modalities first (rgb2d, rgb, flow, audio), then the joint models
+    # single modalities first, in the order the rows use them, then the joint models
+    order = list(dict.fromkeys(m for r in table["rows"] for mods in r["cells"].values() for m in mods))
     cells = sorted(table["cells"], key=lambda c: (c["kind"] == "joint",
-                                                  SINGLES.index(c["modalities"][0]) if c["kind"] == "single" else 0))
+                                                  order.index(c["modalities"][0]) if c["kind"] == "single" else 0))
     for c in cells:
         if c["status"] != "ok":
             continue
@@ -385,11 +476,18 @@ def main(argv=None) -> int:
     parser.add_argument("--head", default="lstm", choices=HEADS)
     parser.add_argument("--rule", default="weighted", choices=RULES)
     parser.add_argument("--out", default=None, help="output folder (default WORK/table)")
+    parser.add_argument("--extra-rows", default="auto",
+                        help="rows beyond the seed's table: auto (those whose caches exist), none, or names: "
+                             + ", ".join(r.name for r in EXTRA_ROWS))
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    banner = cache.random_weights_banner(args.work, SINGLES)
+    try:
+        extra = select_extra_rows(args.work, args.extra_rows)
+    except ValueError as exc:
+        parser.error(str(exc))
+    banner = cache.random_weights_banner(args.work, modalities_of(SEED_ROWS + extra))
     if banner:
         print(banner + "\n", flush=True)
     try:
@@ -397,7 +495,7 @@ def main(argv=None) -> int:
     except ValueError as exc:  # ManifestError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset)
+    table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset, extra)
     if not any(c["status"] == "ok" for c in table["cells"]):
         reasons = sorted({c["note"] for c in table["cells"] if c["note"]})
         print("error: no cell of the table could be computed:\n  " + "\n  ".join(reasons), file=sys.stderr)

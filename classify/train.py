@@ -33,6 +33,7 @@ from classify.heads import HEADS, LSTMHead, make_head, time_pool
 from classify.metrics import classification_metrics
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, read_json, write_json
 from features import cache
+from features import modalities as registry
 
 log = logging.getLogger(__name__)
 RUN_FORMAT = 1
@@ -184,7 +185,9 @@ def percent(value) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m classify.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modality", required=True, help="rgb, flow, audio, rgb2d (any cached modality)")
+    parser.add_argument("--modality", required=True,
+                        help="any modality with a feature cache in WORK/features/ (registered: "
+                             + ", ".join(registry.names()) + ")")
     parser.add_argument("--head", default="lstm", choices=HEADS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=DEFAULT_WORK)

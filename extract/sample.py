@@ -15,7 +15,8 @@ Every video shows its class through three channels, each of them noisy:
   sideways / up), under a random camera shake and a random number of shapes;
 * sound: a pulsing chord, minor / open fifth / major, low / middle / high root, slow / medium /
   fast tempo, under random background noise;
-* and the caption's words (about 15 % of the videos have no caption).
+* and the caption: one or two clauses whose meaning fits the cue's class, in varied words
+  (`CLAUSES`), with openers, tags and emoji around them; about 15 % of the videos have none.
 
 For each video and each channel the cue follows the true class with probability `P_AGREE`
 (0.85) and otherwise contradicts it (it is drawn from one of the other two classes); within a cue
@@ -61,16 +62,28 @@ MIN_PER_CLASS = 5                # what a 60/20/20 split needs
 PAD = 6                          # canvas margin that the camera shake moves within
 STAMP = "sample.json"
 
-WORDS = {
-    "negative": ["sad", "tired", "lonely", "miss you", "rainy day", "why me", "ugh", "lost", "crying",
-                 "heartbroken", "worst day", "bad news", "\U0001F622", "\U0001F494"],
-    "neutral": ["today", "new video", "just", "my day", "routine", "update", "walking", "the view", "clip",
-                "on the way", "weekend", "daily", "\U0001F642", "\U0001F4F7"],
-    "positive": ["love", "so happy", "fun", "amazing", "best day", "yay", "sunshine", "party", "blessed",
-                 "lol", "good vibes", "excited", "\U0001F60D", "\U0001F389"],
+# Captions carry the class by meaning, in varied words: a clause of the cue's class, sometimes
+# with a second one, plus optional tags and emoji. No word is the class's only marker, and a
+# sentence encoder (not a keyword count) is what reads them best.
+CLAUSES = {
+    "negative": ["worst day in a long time", "I can't stop crying", "nobody showed up for my birthday",
+                 "feeling so alone tonight", "my dog got sick and the vet bill is huge", "I failed the exam again",
+                 "everything keeps going wrong", "missing you more than words can say",
+                 "got dumped over text", "the rain ruined our whole trip", "honestly exhausted and done with it",
+                 "lost my job today"],
+    "neutral": ["the bus leaves at nine", "trying a new route to work", "a quick look at my desk setup",
+                "what I ate for lunch", "just another Tuesday", "sorting the laundry", "part two of the kitchen tour",
+                "waiting for the train", "testing the new camera settings", "a walk around the block",
+                "reorganising the bookshelf", "the weather report for this week"],
+    "positive": ["best day ever with my friends", "I got the job!!", "we won the final", "so grateful for this life",
+                 "surprise party went perfectly", "my little sister made me laugh so hard", "finally on holiday",
+                 "this made my whole week", "dancing in the sunshine", "he said yes", "can't stop smiling today",
+                 "the puppy is home at last"],
 }
-FILLER = ["#fyp", "#foryou", "#tiktok", "with friends", "at home", "this morning", "tonight", "again",
-          "finally", "me", 'so, "yeah"', "part 2"]
+OPENERS = ["", "", "honestly, ", "ok so ", "today: ", "pov: ", "update: "]
+TAGS = ["#fyp", "#foryou", "#tiktok", "#daily", "#life", "#vlog", "@bestie", "part 2"]
+EMOJI = {"negative": ["\U0001F622", "\U0001F494", "\U0001F62D"], "neutral": ["\U0001F4F7", "\U0001F642"],
+         "positive": ["\U0001F60D", "\U0001F389", "\U0001F973"]}
 MODES = {"minor": (0, 3, 7, 12), "fifth": (0, 7, 12), "major": (0, 4, 7, 12)}
 MODE_OF_CUE = ("minor", "fifth", "major")
 
@@ -121,6 +134,17 @@ def _cue(rng: np.random.Generator, cls: int) -> int:
     return int(rng.choice([c for c in range(len(CLASSES)) if c != cls]))
 
 
+def _caption(rng: np.random.Generator, cue: str) -> str:
+    """One or two clauses of the cue's class, an opener, maybe tags and an emoji."""
+    clauses = [str(c) for c in rng.choice(CLAUSES[cue], size=1 + int(rng.random() < 0.3), replace=False)]
+    text = str(rng.choice(OPENERS)) + " and ".join(clauses)
+    if rng.random() < 0.6:
+        text += " " + " ".join(str(t) for t in rng.choice(TAGS, size=int(rng.integers(1, 3)), replace=False))
+    if rng.random() < 0.4:
+        text += " " + str(rng.choice(EMOJI[cue]))
+    return text
+
+
 def plan_video(label: str, index: int, seed: int = 0, min_seconds: float = 3.0, max_seconds: float = 6.0) -> Plan:
     """The parameters of video `index` of class `label`; they depend on (seed, class, index) only."""
     cls = CLASSES.index(label)
@@ -147,11 +171,7 @@ def plan_video(label: str, index: int, seed: int = 0, min_seconds: float = 3.0, 
     mode = MODE_OF_CUE[audio_cue] if rng.random() < 0.8 else str(rng.choice(MODE_OF_CUE))
     noise = float(rng.uniform(0.01, 0.12))
 
-    text = None
-    if rng.random() < P_CAPTION:
-        words = list(rng.choice(WORDS[CLASSES[text_cue]], size=int(rng.integers(1, 4)), replace=False))
-        words += list(rng.choice(FILLER, size=int(rng.integers(1, 4)), replace=False))
-        text = " ".join(str(w) for w in rng.permutation(np.array(words, dtype=object)))
+    text = _caption(rng, CLASSES[text_cue]) if rng.random() < P_CAPTION else None
     vid = f"{PREFIX[label]}_{index:04d}"
     return Plan(id=vid, label=label, index=int(index), seconds=round(frames / FPS, 4), frames=frames,
                 seed=(int(seed), cls, int(index)), visual_cue=visual_cue, motion_cue=motion_cue,

@@ -9,9 +9,11 @@ weights cost exactly what the pretrained ones cost). Reports per video:
 
 * each stage's wall time divided by the videos (the figure a full run sees, since the stage
   runs videos in parallel) and the megabytes of its outputs;
-* each backbone's seconds per video: the feature stage's whole wall time (model load included,
-  its share shown apart) over the videos, DataLoader workers preparing inputs while the
-  network runs.
+* each registered backbone's seconds per video: the feature stage's whole wall time (model load
+  included, its share shown apart) over the videos, DataLoader workers preparing inputs while
+  the network runs. Caption modalities (text) are timed on `--captions` captions (1,000 by
+  default) from the sample generator instead: seconds per caption, times 1,000, is the README's
+  "seconds per 1,000 captions".
 
 Every run starts from an empty work folder so nothing is reused. Prints a table and writes
 `OUT/bench_features.json`. `make bench-features` runs the defaults (79 frames at 224 px).
@@ -29,18 +31,28 @@ from pathlib import Path
 
 from extract import audio, flow, frames, sample, stage
 from extract.manifest import read_manifest, write_manifest
-from features import backbones
+from features import backbones, modalities
 from features.extract import extract_features
+from features.modalities import StageSource
 
 STAGES = (frames, flow, audio)
-MODALITIES = ("rgb", "flow", "audio", "rgb2d")
 
 
 def _megabytes(folder: Path, suffix: str) -> float:
     return sum(p.stat().st_size for p in folder.glob(f"*{suffix}")) / 1e6
 
 
-def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, flow_backend: str = "opencv") -> dict:
+def caption_videos(n: int) -> list:
+    """n captioned rows for the caption modalities: the sample generator's captions, no video needed."""
+    from extract.manifest import Video
+
+    plans = [p for p in sample.plan_dataset(max(15, 2 * n)) if p.text][:n]
+    return [Video(id=f"caption{i:05d}", path=f"none/{i}.mp4", label=p.label, split="train", text=p.text)
+            for i, p in enumerate(plans)]
+
+
+def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, flow_backend: str = "opencv",
+        captions: int = 1000) -> dict:
     if not (sample_dir / "manifest.csv").is_file():
         sample.main(["--out", str(sample_dir)])
     chosen = read_manifest(sample_dir / "manifest.csv")[:videos]
@@ -60,12 +72,14 @@ def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, fl
         rows.append({"step": module.NAME, "kind": "stage", "exit_code": code, "videos": done,
                      "seconds_per_video": seconds / max(done, 1),
                      "mb_per_video": _megabytes(stage.stage_dir(work, module.NAME), module.SUFFIX) / max(done, 1)})
-    for modality in MODALITIES:
+    for modality in modalities.names(default_only=True):
+        # videos for stage inputs; a set of `captions` captions for the manifest's text column
+        items = chosen if isinstance(modalities.get(modality).source, StageSource) else caption_videos(captions)
         backbones.load_backbone(modality, weights="random", device="cpu")      # imports, first-touch costs
         t = time.perf_counter()
         backbones.load_backbone(modality, weights="random", device="cpu")
         load_seconds = time.perf_counter() - t
-        s = extract_features(modality, chosen, work, weights="random", device="cpu", progress=False)
+        s = extract_features(modality, items, work, weights="random", device="cpu", progress=False)
         rows.append({"step": modality, "kind": "features", "videos": s["done"], "model_load_seconds": load_seconds,
                      "seconds_per_video": s["seconds"] / max(s["done"], 1), "mb_per_video": None})
     return {"videos": len(chosen), "num_frames": num_frames, "size": size, "flow_backend": flow_backend, "rows": rows,
@@ -79,7 +93,8 @@ def table(result: dict) -> str:
              f"{'step':<8}{'kind':<10}{'s/video':>9}{'MB/video':>10}  note"]
     for r in result["rows"]:
         mb = f"{r['mb_per_video']:.2f}" if r["mb_per_video"] is not None else "-"
-        note = f"includes loading the model once, {r['model_load_seconds']:.1f} s" if r["kind"] == "features" else f"exit {r['exit_code']}"
+        note = (f"{r['videos']} items, includes loading the model once, {r['model_load_seconds']:.1f} s"
+                if r["kind"] == "features" else f"exit {r['exit_code']}")
         lines.append(f"{r['step']:<8}{r['kind']:<10}{r['seconds_per_video']:>9.2f}{mb:>10}  {note}")
     return "\n".join(lines)
 
@@ -90,11 +105,12 @@ def main(argv=None) -> int:
     parser.add_argument("--num-frames", type=int, default=79)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--flow-backend", default="opencv", choices=("opencv", "torch"))
+    parser.add_argument("--captions", type=int, default=1000, help="captions for the text modality's figure")
     parser.add_argument("--sample", default="data/sample", help="sample dataset folder (generated when missing)")
     parser.add_argument("--out", default="work/bench-features")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    result = run(args.videos, args.num_frames, args.size, out, Path(args.sample), args.flow_backend)
+    result = run(args.videos, args.num_frames, args.size, out, Path(args.sample), args.flow_backend, args.captions)
     print(table(result))
     (out / "bench_features.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out / 'bench_features.json'}")

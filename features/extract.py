@@ -1,18 +1,16 @@
-"""Feature stage: run a frozen backbone over one modality's stage outputs, cache per-video sequences.
+"""Feature stage: run a frozen backbone over one modality's inputs, cache per-video sequences.
 
-`python -m features.extract --modality rgb|flow|audio|rgb2d --manifest M --work W [--weights DIR|random]`
+`python -m features.extract --modality NAME --manifest M --work W [--weights DIR|random]`
+`python -m features.extract --list` (every registered modality, its weights and whether present)
 
-| modality | reads (stage)    | backbone           | cached per video   |
-|----------|------------------|--------------------|--------------------|
-| rgb      | W/frames         | I3D RGB            | [T', 1024]          |
-| flow     | W/flow           | I3D flow           | [T', 1024]          |
-| audio    | W/audio          | VGGish (+ --pca)   | [N, 128]            |
-| rgb2d    | W/frames         | ResNet-18          | [T, 512]            |
+What each modality reads (a stage's outputs or a manifest column), its backbone and what it
+caches is declared in `features.modalities`; this driver is the same for all of them, and so are
+its options (`--pca`, `--text-model`, `--caption-emoji`, ... come from the registry).
 
 Videos are written as shards as they finish and consolidated into `W/features/<modality>.h5`
 at the end (features/cache.py), so a killed run resumes where it stopped. A video without the
-modality (no audio stream, failed upstream, not extracted) is recorded as missing with its
-reason, never zero-filled. Loading and preprocessing run in DataLoader worker processes
+modality (no audio stream, no caption, failed upstream, not extracted) is recorded as missing
+with its reason, never zero-filled. Loading and preprocessing run in DataLoader worker processes
 (`--loaders`) so they overlap the network.
 
 Exit codes: 0 every video has features or a recorded reason; 1 some videos failed here
@@ -22,62 +20,47 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from extract import audio as audio_stage
-from extract import flow as flow_stage
-from extract import frames as frames_stage
 from extract import stage
 from extract.manifest import ManifestError, Video, read_manifest
-from features import backbones, cache, inputs
+from features import backbones, cache, modalities
+from features.modalities import Missing, Modality
 
 log = logging.getLogger(__name__)
 
-# modality -> (stage folder, loader of one video's stage output, stage output -> model input)
-SOURCES: dict[str, tuple[str, Callable, Callable]] = {
-    "rgb": (frames_stage.NAME, frames_stage.load, inputs.rgb_clip),
-    "flow": (flow_stage.NAME, flow_stage.load, inputs.flow_clip),
-    "audio": (audio_stage.NAME, audio_stage.load, inputs.log_mel_batch),
-    "rgb2d": (frames_stage.NAME, frames_stage.load, inputs.imagenet_frames),
-}
-NO_AUDIO = "no audio stream"
-
 
 class _Inputs(torch.utils.data.Dataset):
-    """Stage output -> model input for one video, in a loader worker; failures come back as text."""
+    """One video's input -> model input, in a loader worker; problems come back as text.
 
-    def __init__(self, work: Path, modality: str, ids: Sequence[str]):
-        self.work, self.modality, self.ids = work, modality, list(ids)
+    Each item is (id, prepared input or None, None | Missing | failure text)."""
+
+    def __init__(self, work: Path, modality: str, videos: Sequence[Video], options: dict):
+        self.work, self.modality, self.videos, self.options = work, modality, list(videos), options
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.videos)
 
     def __getitem__(self, i: int):
-        vid = self.ids[i]
-        _, load, prepare = SOURCES[self.modality]
+        video = self.videos[i]
+        spec = modalities.get(self.modality)
         try:
-            array = load(self.work, vid)
-            if array is None:
-                return vid, None, NO_AUDIO
-            return vid, prepare(array), None
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # one unreadable file: recorded, not fatal
-            return vid, None, f"{type(exc).__name__}: {exc}"
+            loaded = spec.source.load(self.work, video, self.options)
+            if isinstance(loaded, Missing):
+                return video.id, None, loaded
+            return video.id, spec.prepare(loaded), None
+        except Exception as exc:  # one unreadable input is that video's failure, recorded by the driver
+            return video.id, None, f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
 def _first(batch):
     return batch
-
-
-def source_settings(work: Path, stage_name: str) -> dict:
-    path = stage.stage_dir(work, stage_name) / "settings.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def package_version() -> str:
@@ -87,24 +70,30 @@ def package_version() -> str:
         return "unknown"
 
 
+def cache_attributes(spec: Modality, backbone: backbones.Backbone, work: Path, options: dict) -> dict:
+    """What the cache records: the backbone's provenance, the input's settings, the version."""
+    weights = "random" if backbone.checkpoint == "random" else "pretrained"
+    return {**backbone.info(), "backbone": type(backbone.model).__name__, "weights": weights,
+            **spec.source.settings(work, options), "package_version": package_version()}
+
+
 def extract_features(modality: str, videos: Sequence[Video], work: str | Path, weights: str = "weights",
                      device: str = "auto", batch_size: int | None = None, loaders: int = 1, seed: int = 0,
-                     pca: bool = False, progress: bool | None = None) -> dict:
-    """Fill `W/features/<modality>.h5` for these videos; returns the counts for the summary line."""
+                     progress: bool | None = None, videos_per_call: int | None = None, **options) -> dict:
+    """Fill `W/features/<modality>.h5` for these videos; returns the counts for the summary line.
+
+    `options`: the modality's declared options (`pca=True`, `text_model=...`, ...)."""
     started = time.perf_counter()
     work = Path(work).resolve()
-    stage_name, _, _ = SOURCES[modality]
-    backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed, pca=pca,
-                                       batch_size=batch_size)
-    attrs = {**backbone.info(), "backbone": type(backbone.model).__name__,
-             "weights": "random" if backbone.checkpoint == "random" else "pretrained",
-             "stage": stage_name, "stage_settings": source_settings(work, stage_name),
-             "package_version": package_version()}
-    writer = cache.ShardWriter(work, modality, attrs)
+    spec = modalities.get(modality)
+    options = spec.resolve_options(options)
+    backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed,
+                                       batch_size=batch_size, **options)
+    writer = cache.ShardWriter(work, modality, cache_attributes(spec, backbone, work, options))
     shards = cache.shard_dir(work, modality)
 
     failed_upstream: dict[str, str] = {}
-    for name in dict.fromkeys(("frames", stage_name)):
+    for name in spec.source.stages:
         for vid, reason in stage.read_failures(work, name).items():
             failed_upstream.setdefault(vid, f"failed in {name}: {reason}")
     counts = {"done": 0, "skipped": 0, "missing": 0, "failed": 0}
@@ -112,14 +101,17 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
     for v in videos:
         if (shards / f"{cache.shard_name(v.id)}.npy").is_file():
             counts["skipped"] += 1
-        elif stage.output_path(work, stage_name, v.id, ".npz").is_file():
-            todo.append(v.id)
+        elif spec.source.available(work, v):
+            todo.append(v)
         else:
-            writer.missing(v.id, failed_upstream.get(v.id, f"not extracted: no {stage_name} output (run the {stage_name} stage)"))
+            writer.missing(v.id, failed_upstream.get(
+                v.id, f"not extracted: no {spec.source.name} output (run the {spec.source.name} stage)"))
             counts["missing"] += 1
 
-    loader = torch.utils.data.DataLoader(_Inputs(work, modality, todo), batch_size=backbone.videos_per_call, collate_fn=_first,
-                                         num_workers=loaders, prefetch_factor=4 if loaders else None)
+    per_call = max(1, int(videos_per_call or backbone.videos_per_call))
+    loader = torch.utils.data.DataLoader(_Inputs(work, modality, todo, options), batch_size=per_call,
+                                         collate_fn=_first, num_workers=loaders,
+                                         prefetch_factor=4 if loaders else None)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -127,8 +119,8 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
     for items in loader:
         ready = [(vid, x) for vid, x, _ in items if x is not None]
         for vid, _, problem in items:
-            if problem == NO_AUDIO:
-                writer.missing(vid, NO_AUDIO)
+            if isinstance(problem, Missing):
+                writer.missing(vid, problem.reason)
                 counts["missing"] += 1
             elif problem:
                 writer.missing(vid, f"failed in features: {problem}")
@@ -141,8 +133,9 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
         bar.update(len(items))
     bar.close()
     path = writer.consolidate([v.id for v in videos])
+    weights_kind = "random" if backbone.checkpoint == "random" else "pretrained"
     return {**counts, "total": len(videos), "seconds": time.perf_counter() - started, "path": str(path),
-            "weights": attrs["weights"], "device": str(backbone.device)}
+            "weights": weights_kind, "device": str(backbone.device)}
 
 
 def summary_line(modality: str, s: dict) -> str:
@@ -151,27 +144,77 @@ def summary_line(modality: str, s: dict) -> str:
             f"failed {s['failed']} (of {s['total']} videos; {s['seconds']:.1f} s{per_video} on {s['device']}) -> {s['path']}")
 
 
+def listing(weights: str | Path = "weights") -> str:
+    """Every registered modality: input, backbone, dimension, weights and whether they are here."""
+    folder = Path(weights)
+    rows = [("name", "input", "backbone", "dim", "weights", "present")]
+    for m in modalities.all_modalities():
+        net = m.network
+        if net.packaged is not None:
+            try:
+                from features import text
+
+                local = Path(text.model_location(m.resolve_options()["text_model"])).is_dir()
+                present = "yes" if local else "not local: needs network or a Hugging Face cache"
+            except ImportError:
+                present = "no (package not installed)"
+            where = "its PyPI package"
+        elif net.file is None:
+            where, present = "none (random only)", "-"
+        else:
+            where = f"{folder / net.file.name} <- {net.file.url}"
+            present = "yes" if (folder / net.file.name).is_file() else "no"
+        rows.append((m.name, m.source.describe().replace("`", ""), net.name, str(net.dim), where, present))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+
+
+def _option_flag(opt: modalities.Option) -> str:
+    return "--" + opt.name.replace("_", "-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m features.extract", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--modality", required=True, choices=tuple(SOURCES))
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--work", required=True)
+    parser.add_argument("--modality", help="one of: " + ", ".join(modalities.names()))
+    parser.add_argument("--manifest")
+    parser.add_argument("--work")
+    parser.add_argument("--list", action="store_true", help="list every registered modality and exit")
+    parser.add_argument("--names", action="store_true", help="print the names `make features` runs and exit")
     parser.add_argument("--weights", default="weights", help="folder of the public checkpoints (make weights), or 'random'")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--batch-size", type=int,
-                        help="rows per forward pass: clips (rgb, flow), examples (audio), frames (rgb2d); default by device and modality")
+                        help="rows per forward pass: clips (rgb, flow), examples (audio), frames (rgb2d), captions (text); "
+                             "default by device and modality")
+    parser.add_argument("--videos-per-call", type=int,
+                        help="videos gathered per backbone call (a loader batch); default by device and modality")
     parser.add_argument("--loaders", type=int, default=1, help="DataLoader worker processes preparing inputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of --weights random")
-    parser.add_argument("--pca", action="store_true", help="audio: AudioSet PCA post-processing of VGGish embeddings")
+    for opt in modalities.all_options():
+        if opt.flag:
+            parser.add_argument(_option_flag(opt), dest=opt.name, action="store_true", help=opt.help)
+        else:
+            parser.add_argument(_option_flag(opt), dest=opt.name, default=opt.default, choices=opt.choices, help=opt.help)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.list:
+        print(listing(args.weights))
+        return stage.EXIT_OK
+    if args.names:
+        print(" ".join(modalities.names(default_only=True)))
+        return stage.EXIT_OK
+    missing = [f"--{a}" for a in ("modality", "manifest", "work") if not getattr(args, a)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    options = {opt.name: getattr(args, opt.name) for opt in modalities.all_options()}
     try:
+        modalities.get(args.modality)
         videos = read_manifest(args.manifest)
         s = extract_features(args.modality, videos, args.work, weights=args.weights, device=args.device,
-                             batch_size=args.batch_size, loaders=args.loaders, seed=args.seed, pca=args.pca)
-    except (ManifestError, backbones.MissingWeightsError, cache.CacheSettingsError) as exc:
+                             batch_size=args.batch_size, loaders=args.loaders, seed=args.seed,
+                             videos_per_call=args.videos_per_call, **options)
+    except (ManifestError, backbones.MissingWeightsError, cache.CacheSettingsError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return stage.EXIT_USAGE
     if s["weights"] == "random":

