@@ -48,6 +48,7 @@ from classify.heads import HEADS
 from classify.metrics import classification_metrics
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, write_json
 from classify.train import FeatureStore, Labels, RunResult, percent, train_run
+from extract import stage
 from features import cache
 
 RULES = ("mean", "weighted", "stack")
@@ -222,17 +223,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=DEFAULT_WORK)
     parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    banner = cache.random_weights_banner(args.work, modalities)
-    if banner:
-        print(banner + "\n")
     try:
+        banner = cache.random_weights_banner(args.work, modalities)
+        if banner:
+            print(banner + "\n")
         res = fuse(args.work, args.manifest, modalities, args.head, args.rule, args.seed)
-    except (cache.CacheError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # bad names, missing caches, NaN features, a crash: the run failed, exit 2
+        return stage.run_failed(exc, args.verbose)
     m = res.metrics
     width = max(len(x) for x in modalities + ["joint"])
     print(f"test accuracy ({args.head} heads, seed {args.seed}):")

@@ -87,6 +87,29 @@ def time_pool(X: np.ndarray, lengths: np.ndarray, max_steps: int) -> tuple[np.nd
     return out, -(-lengths // w)
 
 
+def check_features(X: np.ndarray, lengths: np.ndarray, what: str) -> None:
+    """Refuse sequences whose valid steps hold NaN or infinite values (padding is not looked at):
+    a NaN would otherwise become NaN probabilities, which argmax silently counts as class 0."""
+    lengths = np.asarray(lengths)
+    bad = []
+    for a in range(0, len(X), 4096):
+        chunk = np.asarray(X[a:a + 4096])
+        valid = np.arange(chunk.shape[1])[None, :] < lengths[a:a + 4096, None]
+        finite = np.isfinite(chunk.sum(axis=2)) | ~valid  # one pass; a NaN or inf anywhere makes the sum so
+        bad += (a + np.flatnonzero(~finite.all(axis=1))).tolist()
+    if bad:
+        raise ValueError(f"{what}: {len(bad)} video(s) have NaN or infinite feature values (rows {bad[:5]}); "
+                         "extract their features again")
+
+
+def check_labels(y: np.ndarray) -> None:
+    """A classifier needs at least two classes among its training videos."""
+    present = np.unique(np.asarray(y))
+    if len(present) < 2:
+        raise ValueError(f"the training split has videos of {len(present)} class(es) only "
+                         f"({present.tolist()}); a classifier needs at least two")
+
+
 @contextlib.contextmanager
 def _torch_threads(threads: int | None):
     """Run the block with `threads` intra-op torch threads (None: leave the setting alone)."""
@@ -197,7 +220,11 @@ class LSTMHead:
         from torch import nn
 
         y = np.asarray(y, dtype=np.int64)
+        check_labels(y)
+        check_features(X, lengths, "training features")
         has_val = X_val is not None and len(X_val) > 0
+        if has_val:
+            check_features(X_val, lengths_val, "validation features")
         if n_classes is None:
             n_classes = int(max(y.max(), np.asarray(y_val).max() if has_val else 0)) + 1
         self.n_classes_ = n_classes
@@ -253,6 +280,7 @@ class LSTMHead:
     def predict_proba(self, X, lengths) -> np.ndarray:
         import torch
 
+        check_features(X, lengths, "features to predict")
         with _torch_threads(self.threads):
             Xt, Lt = self._prepare(X, lengths)
             return torch.softmax(self._logits(Xt, Lt), dim=1).numpy().astype(np.float64)
@@ -303,6 +331,8 @@ class PooledHead:
         from sklearn.preprocessing import StandardScaler
 
         y = np.asarray(y, dtype=np.int64)
+        check_labels(y)
+        check_features(X, lengths, "training features")
         self.n_classes_ = n_classes or int(y.max()) + 1
         if self.kind == "linear":
             model = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced", random_state=self.seed)
@@ -319,6 +349,7 @@ class PooledHead:
         return self
 
     def predict_proba(self, X, lengths) -> np.ndarray:
+        check_features(X, lengths, "features to predict")
         p = self.pipeline_.predict_proba(mean_pool(np.asarray(X, np.float32), lengths))
         out = np.zeros((p.shape[0], self.n_classes_))
         out[:, self.pipeline_.classes_] = p  # classes absent from training get probability 0

@@ -45,6 +45,7 @@ from classify.fuse import RULES, fuse
 from classify.heads import HEADS
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK
 from classify.train import FeatureStore, Labels, train_run
+from extract import stage
 from features import cache
 
 log = logging.getLogger(__name__)
@@ -479,27 +480,24 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-rows", default="auto",
                         help="rows beyond the seed's table: auto (those whose caches exist), none, or names: "
                              + ", ".join(r.name for r in EXTRA_ROWS))
+    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         extra = select_extra_rows(args.work, args.extra_rows)
-    except ValueError as exc:
-        parser.error(str(exc))
-    banner = cache.random_weights_banner(args.work, modalities_of(SEED_ROWS + extra))
-    if banner:
-        print(banner + "\n", flush=True)
-    try:
+        banner = cache.random_weights_banner(args.work, modalities_of(SEED_ROWS + extra))
+        if banner:
+            print(banner + "\n", flush=True)
         labels = Labels.from_manifest(args.manifest)
-    except ValueError as exc:  # ManifestError included
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset, extra)
+        table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset, extra)
+    except Exception as exc:  # a bad manifest or row name, a crash: the run failed, exit 2
+        return stage.run_failed(exc, args.verbose)
     if not any(c["status"] == "ok" for c in table["cells"]):
         reasons = sorted({c["note"] for c in table["cells"] if c["note"]})
         print("error: no cell of the table could be computed:\n  " + "\n  ".join(reasons), file=sys.stderr)
-        return 2
+        return stage.EXIT_RUN_FAILED
     md, written = write_outputs(table, args.out or Path(args.work) / "table")
     body = md[len(banner) + 2:] if banner and md.startswith(banner) else md
     print(body)

@@ -32,6 +32,7 @@ import numpy as np
 from classify.heads import HEADS, LSTMHead, make_head, time_pool
 from classify.metrics import classification_metrics
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, read_json, write_json
+from extract import stage
 from features import cache
 from features import modalities as registry
 
@@ -193,16 +194,16 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=DEFAULT_WORK)
     parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
     parser.add_argument("--force", action="store_true", help="train again even if the run exists")
+    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    banner = cache.random_weights_banner(args.work, [args.modality])
-    if banner:
-        print(banner + "\n")
     try:
+        banner = cache.random_weights_banner(args.work, [args.modality])
+        if banner:
+            print(banner + "\n")
         run = train_run(args.work, args.manifest, args.modality, args.head, args.seed, force=args.force)
-    except (cache.CacheError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # bad names, missing cache, NaN features, a crash: the run failed, exit 2
+        return stage.run_failed(exc, args.verbose)
     m = run.metrics
     print(f"{args.modality} {args.head} seed {args.seed}: test accuracy {percent(m['accuracy'])}, macro-F1 "
           f"{percent(m['macro_f1'])} on {m['n']} videos (val accuracy {percent(m['val']['accuracy'])}); "

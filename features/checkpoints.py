@@ -115,8 +115,9 @@ def check_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Compare `state` with `model.state_dict()`; return a complete dict ready for a strict load.
 
-    Raises `CheckpointError` naming `source` when a required key is missing, a key is unexpected
-    or a shape differs. Allowed-missing keys (`num_batches_tracked`, `optional_prefixes`) are
+    Raises `CheckpointError` naming `source` when a required key is missing, a key is unexpected,
+    a shape differs or a value is NaN or infinite (such a file would load "strictly" and then
+    poison every feature). Allowed-missing keys (`num_batches_tracked`, `optional_prefixes`) are
     filled in from the model's current values.
     """
     expected = model.state_dict()
@@ -146,6 +147,10 @@ def check_state_dict(
             f"checkpoint {source} does not match {type(model).__name__} "
             f"({len(state)} keys in file, {len(expected)} in model): " + "; ".join(parts)
         )
+    nonfinite = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if nonfinite:
+        raise CheckpointError(f"checkpoint {source} holds NaN or infinite values (damaged file?): "
+                              + _listing("keys", nonfinite))
     full = dict(expected)
     full.update(state)
     return full

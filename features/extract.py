@@ -14,7 +14,9 @@ with its reason, never zero-filled. Loading and preprocessing run in DataLoader 
 (`--loaders`) so they overlap the network.
 
 Exit codes: 0 every video has features or a recorded reason; 1 some videos failed here
-(their reason is recorded as missing); 2 nothing ran (no weights, settings clash, bad manifest).
+(their reason is recorded as missing), the rest are done; 2 the run itself failed or could not
+start (no weights, a bad checkpoint, a settings clash, a bad manifest, a crash), with one line
+`error: ...` (the traceback too with --verbose).
 """
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from extract import stage
-from extract.manifest import ManifestError, Video, read_manifest
+from extract.manifest import Video, read_manifest
 from features import backbones, cache, modalities
 from features.modalities import Missing, Modality
 
@@ -54,6 +57,8 @@ class _Inputs(torch.utils.data.Dataset):
             loaded = spec.source.load(self.work, video, self.options)
             if isinstance(loaded, Missing):
                 return video.id, None, loaded
+            if isinstance(loaded, np.ndarray) and loaded.dtype.kind == "f" and not np.isfinite(loaded).all():
+                raise ValueError(f"its {spec.source.name} output holds NaN or infinite values")
             return video.id, spec.prepare(loaded), None
         except Exception as exc:  # one unreadable input is that video's failure, recorded by the driver
             return video.id, None, f"{type(exc).__name__}: {exc}".replace("\n", " ")
@@ -128,7 +133,13 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
                 log.warning("features %s failed on %r: %s", modality, vid, problem)
         if ready:
             for (vid, _), seq in zip(ready, backbone.embed([x for _, x in ready])):
-                writer.write(vid, seq)
+                try:
+                    writer.write(vid, seq)
+                except ValueError as exc:  # e.g. a non-finite embedding: that one video's failure
+                    writer.missing(vid, f"failed in features: {exc}")
+                    counts["failed"] += 1
+                    log.warning("features %s failed on %r: %s", modality, vid, exc)
+                    continue
                 counts["done"] += 1
         bar.update(len(items))
     bar.close()
@@ -214,9 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = extract_features(args.modality, videos, args.work, weights=args.weights, device=args.device,
                              batch_size=args.batch_size, loaders=args.loaders, seed=args.seed,
                              videos_per_call=args.videos_per_call, **options)
-    except (ManifestError, backbones.MissingWeightsError, cache.CacheSettingsError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return stage.EXIT_USAGE
+    except Exception as exc:  # no weights, a bad checkpoint, a settings clash, a crash: the run failed, exit 2
+        return stage.run_failed(exc, args.verbose)
     if s["weights"] == "random":
         print(cache.random_weights_banner(args.work, [args.modality]) or "", file=sys.stderr)
     print(summary_line(args.modality, s))

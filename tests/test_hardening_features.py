@@ -1,0 +1,168 @@
+"""Issue 9, the feature stage and the heads: one bad input is one video's failure, crashes are
+exit 2 with one line, and NaN never becomes a prediction."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from classify import fuse as fuse_cli
+from classify import train as train_cli
+from classify.heads import HEADS, make_head
+from extract import audio, flow, frames, manifest, stage
+from extract.manifest import Video
+from features import backbones, cache
+from features.bench_cache import synthetic_cache, synthetic_videos, write_synthetic_manifest
+from features.checkpoints import CheckpointError
+from features.extract import extract_features
+from features.extract import main as features_main
+from features.vggish import VGGish
+from tests import videos as tv
+
+T, S = 8, 32
+
+
+def quiet(fn, argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = fn(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def staged(tmp_path):
+    rows = [Video(id=f"v{i}", path=str(tv.make_video(tmp_path / f"v{i}.mp4", seed=i)), label="ab"[i % 2],
+                  split="train") for i in range(4)]
+    m = manifest.write_manifest(tmp_path / "manifest.csv", rows)
+    w = tmp_path / "work"
+    stage.run_stage(frames.STAGE, rows, w, frames.FrameSettings(num_frames=T, size=S), jobs=1)
+    stage.run_stage(flow.STAGE, rows, w, flow.FlowSettings(num_frames=T, size=S), jobs=1)
+    stage.run_stage(audio.STAGE, rows, w, audio.AudioSettings(), jobs=1)
+    return m, w, rows
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_corrupt_stage_output_is_that_videos_failure(staged):
+    """Case 1: truncated npz, flipped bytes, a valid zip holding garbage JPEG: each fails alone."""
+    m, w, rows = staged
+    _truncate(stage.output_path(w, "frames", "v0", ".npz"))
+    path = stage.output_path(w, "frames", "v1", ".npz")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 40] = bytes(40)
+    path.write_bytes(bytes(data))
+    path = stage.output_path(w, "frames", "v2", ".npz")
+    with np.load(path) as z:
+        parts = dict(z)
+    parts["jpeg"] = np.frombuffer(np.random.default_rng(0).bytes(parts["jpeg"].size), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **parts)
+    _truncate(stage.output_path(w, "flow", "v3", ".npz"))
+    _truncate(stage.output_path(w, "audio", "v3", ".npz"))
+
+    for modality, bad in (("rgb", {"v0", "v1", "v2"}), ("flow", {"v3"}), ("audio", {"v3"})):
+        code, out, err = quiet(features_main, ["--modality", modality, "--manifest", str(m), "--work", str(w),
+                                               "--weights", "random", "--device", "cpu", "--loaders", "0"])
+        assert code == stage.EXIT_SOME_FAILED, err
+        assert f"failed {len(bad)}" in out and "Traceback" not in err
+        reasons = cache.missing(w, modality)
+        assert set(reasons) == bad and all(r.startswith("failed in features:") for r in reasons.values())
+        assert sorted(cache.load(w, modality).ids) == sorted({r.id for r in rows} - bad)
+        # a re-run retries the failed ones, and fails them again the same way
+        code, out, _ = quiet(features_main, ["--modality", modality, "--manifest", str(m), "--work", str(w),
+                                             "--weights", "random", "--device", "cpu", "--loaders", "0"])
+        assert code == stage.EXIT_SOME_FAILED and f"skipped {4 - len(bad)}" in out
+
+
+def test_non_finite_stage_output_fails_its_video_not_the_run(staged):
+    """Case 2, feature side: a log-mel file holding NaN (written by an older stage) is one failure."""
+    m, w, rows = staged
+    path = stage.output_path(w, "audio", "v1", ".npz")
+    with np.load(path) as z:
+        parts = dict(z)
+    parts["examples"] = parts["examples"].copy()
+    parts["examples"][0, 5, 5] = np.nan
+    with open(path, "wb") as f:
+        np.savez(f, **parts)
+    s = extract_features("audio", rows, w, weights="random", device="cpu", loaders=0)
+    assert (s["done"], s["failed"]) == (3, 1)
+    assert "NaN" in cache.missing(w, "audio")["v1"]
+
+
+def test_non_finite_embedding_is_that_videos_failure(staged, monkeypatch):
+    m, w, rows = staged
+    real = backbones.Backbone.embed
+
+    def poisoned(self, items, batch_size=None):
+        out = real(self, items, batch_size)
+        return [np.full_like(o, np.nan) if i == 0 else o for i, o in enumerate(out)]
+
+    monkeypatch.setattr(backbones.Backbone, "embed", poisoned)
+    s = extract_features("rgb2d", rows, w, weights="random", device="cpu", loaders=0)
+    assert s["failed"] == 4 and s["done"] == 0  # one video per call on the CPU: every one poisoned
+    assert all("NaN" in r for r in cache.missing(w, "rgb2d").values())
+
+
+def test_a_checkpoint_with_a_nan_weight_is_refused(staged, tmp_path):
+    m, w, _ = staged
+    state = VGGish().state_dict()
+    state["embeddings.0.weight"][3, 4] = float("nan")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.save(state, folder / "vggish-10086976.pth")
+    with pytest.raises(CheckpointError, match="NaN or infinite.*embeddings.0.weight"):
+        backbones.load_backbone("audio", folder)
+    code, out, err = quiet(features_main, ["--modality", "audio", "--manifest", str(m), "--work", str(w),
+                                           "--weights", str(folder), "--device", "cpu", "--loaders", "0"])
+    assert code == stage.EXIT_USAGE and err.startswith("error:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not cache.exists(w, "audio")
+
+
+# ---- heads (case 8) ---------------------------------------------------------------------------------
+
+
+def _nan_cache(tmp_path, n=60):
+    work = tmp_path / "work"
+    synthetic_cache(work, n, modalities=("audio",), signal=True)
+    feats = cache.load(work, "audio")
+    test_ids = {i for i, _, s in synthetic_videos(n) if s == "test"}
+    victim = next(i for i in feats.ids if i in test_ids)
+    x = feats.x.copy()
+    x[feats.ids.index(victim), 0, :] = np.nan
+    blocks = (x[i, : feats.lengths[i]] for i in range(len(feats.ids)))
+    cache.write_consolidated(cache.cache_path(work, "audio"), feats.ids, feats.lengths, x.shape[2], blocks,
+                             cache.missing(work, "audio"), cache.attributes(work, "audio"))
+    return work, write_synthetic_manifest(tmp_path / "manifest.csv", n), victim
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_nan_features_are_refused_by_every_head(tmp_path, head):
+    work, m, victim = _nan_cache(tmp_path)
+    code, out, err = quiet(train_cli.main, ["--modality", "audio", "--head", head, "--work", str(work),
+                                            "--manifest", str(m)])
+    assert code == 2 and "NaN or infinite" in err and "Traceback" not in err
+    assert not (work / "runs" / f"audio-{head}-seed0" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_one_class_in_training_is_refused(head):
+    rng = np.random.default_rng(0)
+    X, lengths = rng.normal(size=(20, 3, 4)).astype(np.float32), np.full(20, 3)
+    with pytest.raises(ValueError, match="1 class"):
+        make_head(head).fit(X, lengths, np.zeros(20, int), X[:5], lengths[:5], np.zeros(5, int), n_classes=3)
+
+
+def test_bad_modality_name_is_one_line_exit_2(tmp_path):
+    m = write_synthetic_manifest(tmp_path / "manifest.csv", 30)
+    for fn, argv in ((train_cli.main, ["--modality", "../x"]), (fuse_cli.main, ["--modalities", "rgb,../x"])):
+        code, out, err = quiet(fn, [*argv, "--work", str(tmp_path / "work"), "--manifest", str(m)])
+        assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
