@@ -85,12 +85,12 @@ def _seconds(value, time_base) -> float | None:
 
 
 def _first_frame_rotation(container, stream) -> int:
-    """Clockwise display rotation in degrees (0, 90, 180, 270) from the first decoded frame's display matrix.
-
-    FFmpeg hands the stream's display matrix to every decoded frame; PyAV reports it counter-clockwise."""
+    """The display-matrix rotation in degrees, 0..359, counter-clockwise as FFmpeg reports it
+    (a phone's `rotate=90` tag reads 270), from the first decoded frame: FFmpeg hands the
+    stream's display matrix to every decoded frame."""
     try:
         for frame in container.decode(stream):
-            return int(round(-frame.rotation)) % 360
+            return int(round(frame.rotation)) % 360
     except Exception:  # undecodable: decoding will say so with FFmpeg's own message
         return 0
     return 0
