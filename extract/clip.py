@@ -13,8 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from extract import media
+from extract import media, stage
 from extract.manifest import Video
+
+# Decoded and declared lengths may differ by this many frames without a warning (rounding of
+# duration x rate, an edit list's trailing frame).
+FRAME_TOLERANCE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,28 +55,43 @@ def flow_partners(picks: np.ndarray, n_frames: int) -> np.ndarray:
     return partners
 
 
-def geometry_filter(width: int, height: int, settings: ClipSettings) -> str:
-    """The FFmpeg filter that turns a displayed width x height frame into size x size."""
+def geometry_filters(width: int, height: int, settings: ClipSettings) -> list[media.FilterSpec]:
+    """The FFmpeg filters that turn a displayed width x height frame into size x size, as
+    (name, args, kwargs) for ffmpeg-python."""
     s = settings.size
     if settings.resize == "squash":
-        return f"scale={s}:{s}:flags=bilinear"
+        return [("scale", (s, s), {"flags": "bilinear"})]
     short = round(s * 256 / 224)
     if width <= height:
         sw, sh = short, max(short, round(height * short / width))
     else:
         sw, sh = max(short, round(width * short / height)), short
-    return f"scale={sw}:{sh}:flags=bilinear,crop={s}:{s}:{(sw - s) // 2}:{(sh - s) // 2}"
+    return [("scale", (sw, sh), {"flags": "bilinear"}), ("crop", (s, s, (sw - s) // 2, (sh - s) // 2), {})]
+
+
+def geometry_filter(width: int, height: int, settings: ClipSettings) -> str:
+    """`geometry_filters` as FFmpeg's filter-chain text, e.g. `scale=256:455:flags=bilinear,crop=224:224:16:115`."""
+    return ",".join(name + "=" + ":".join([*map(str, args), *(f"{k}={v}" for k, v in kwargs.items())])
+                    for name, args, kwargs in geometry_filters(width, height, settings))
 
 
 def estimated_frame_count(info: media.MediaInfo, video: Video) -> int | None:
     """Frames in the clip as duration x frame rate; None when the file does not say."""
     if not info.fps:
         return None
-    end = video.end if video.end is not None else info.duration
+    end = video.end if video.end is not None else (info.video_duration or info.duration)
     if end is None:
         return None
     span = end - (video.start or 0.0)
     return max(1, int(math.floor(span * info.fps + 0.5)))
+
+
+def declared_frame_count(info: media.MediaInfo, video: Video) -> int | None:
+    """The clip's length as the container states it: the stream's frame count for a whole video
+    when the container stores one (MP4 does), else duration x frame rate; None when it says nothing."""
+    if video.start is None and video.end is None and info.frames > 0:
+        return info.frames
+    return estimated_frame_count(info, video)
 
 
 def probe_video(video: Video, timeout: float = media.DEFAULT_TIMEOUT) -> media.MediaInfo:
@@ -86,33 +105,87 @@ def probe_video(video: Video, timeout: float = media.DEFAULT_TIMEOUT) -> media.M
 
 
 def decode(video: Video, info: media.MediaInfo, settings: ClipSettings, wanted: Sequence[int] | None,
-           gray: bool = False) -> list[np.ndarray]:
-    """One decoding pass over the clip, keeping the frame numbers in `wanted` (all when None)."""
-    return media.decode_frames(video.path, geometry_filter(info.width, info.height, settings), settings.size,
+           gray: bool = False, count_from: int | None = None):
+    """One decoding pass over the clip, keeping the frame numbers in `wanted` (all when None);
+    with `count_from`, a `media.DecodedFrames` that also counts the frames from that number on."""
+    return media.decode_frames(video.path, geometry_filters(info.width, info.height, settings), settings.size,
                                settings.size, indices=wanted, gray=gray, start=video.start, end=video.end,
-                               timeout=settings.timeout)
+                               timeout=settings.timeout, count_from=count_from)
+
+
+@dataclasses.dataclass
+class DecodedClip:
+    picks: np.ndarray
+    frames: dict            # frame number -> image
+    partners: np.ndarray | None
+    info: media.MediaInfo
+    declared: int | None    # frames the container declares for the clip
+    decoded: int            # frames that really decode
+
+    def source_meta(self) -> dict:
+        """What a stage output records of its source: displayed size, rate, rotation, lengths."""
+        return {"width": self.info.width, "height": self.info.height, "fps": self.info.fps,
+                "rotation": self.info.rotation, "declared_frames": self.declared,
+                "decoded_frames": self.decoded}
+
+
+def length_warning(declared: int | None, decoded: int) -> str | None:
+    """The warning for a clip whose decoded length disagrees with the declared one, or None."""
+    if declared is None or abs(decoded - declared) <= FRAME_TOLERANCE:
+        return None
+    kind = "truncated or damaged" if decoded < declared else "container understates the length"
+    return (f"{kind}: the container declares {declared} frames, {decoded} decode; "
+            f"the clip was taken over the {decoded} decoded frames")
+
+
+def _wanted(picks: np.ndarray, partners: np.ndarray | None) -> list[int]:
+    return sorted(set(picks.tolist()) | (set(partners.tolist()) - {-1} if partners is not None else set()))
+
+
+def _plan(n: int, settings: ClipSettings, with_partners: bool) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    picks = pick_indices(n, settings.num_frames)
+    partners = flow_partners(picks, n) if with_partners else None
+    return picks, partners, _wanted(picks, partners)
+
+
+def decode_clip(video: Video, settings: ClipSettings, with_partners: bool = False, gray: bool = False) -> DecodedClip:
+    """Decode what the picked frames (and, for flow, their partners) need, in one pass.
+
+    The picks are planned on the container's frame count (`declared_frame_count`), so FFmpeg
+    can drop the unwanted frames before scaling; the same pass also counts the frames from just
+    before the declared end on, which gives the real length. When the stream really has another
+    length (a truncated file, a container whose duration is too short or too long, variable
+    frame rate), the picks are made again on the frames that really decode, and if the two
+    lengths differ by more than `FRAME_TOLERANCE` frames the video gets a warning (`stage.warn`:
+    a row of the stage's warnings.csv) with both lengths.
+    """
+    info = probe_video(video, settings.timeout)
+    declared = declared_frame_count(info, video)
+    if declared is not None:
+        picks, partners, wanted = _plan(declared, settings, with_partners)
+        count_from = max(wanted[-1] + 1, declared - FRAME_TOLERANCE - 1)
+        got = decode(video, info, settings, wanted, gray, count_from=count_from)
+        exact = got.beyond > 0 or count_from == wanted[-1] + 1
+        if len(got.frames) == len(wanted) and exact:
+            decoded = count_from + got.beyond
+            if abs(decoded - declared) <= FRAME_TOLERANCE:
+                return DecodedClip(picks, dict(zip(wanted, got.frames)), partners, info, declared, decoded)
+            if decoded > declared:  # longer than declared: its real length is known, pick again over it
+                picks, partners, wanted = _plan(decoded, settings, with_partners)
+                frames = decode(video, info, settings, wanted, gray)
+                if len(frames) == len(wanted):
+                    stage.warn(length_warning(declared, decoded))
+                    return DecodedClip(picks, dict(zip(wanted, frames)), partners, info, declared, decoded)
+    every = decode(video, info, settings, None, gray)
+    warning = length_warning(declared, len(every))
+    if warning:
+        stage.warn(warning)
+    picks, partners, _ = _plan(len(every), settings, with_partners)
+    return DecodedClip(picks, dict(enumerate(every)), partners, info, declared, len(every))
 
 
 def decode_picked(video: Video, settings: ClipSettings, with_partners: bool = False,
                   gray: bool = False) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray | None]:
-    """Decode what the picked frames (and, for flow, their partners) need, in one pass.
-
-    The frame count comes from the container's duration x frame rate, so FFmpeg can drop the
-    unwanted frames before scaling. If the stream ends before the last wanted frame (variable
-    frame rate, a container duration longer than the video, a truncated file), the clip is
-    decoded once more in full and the picks are made on the frames that really exist.
-    Returns (picks, frames by number, partners or None).
-    """
-    info = probe_video(video, settings.timeout)
-    n_est = estimated_frame_count(info, video)
-    if n_est is not None:
-        picks = pick_indices(n_est, settings.num_frames)
-        partners = flow_partners(picks, n_est) if with_partners else None
-        wanted = sorted(set(picks.tolist()) | (set(partners.tolist()) - {-1} if partners is not None else set()))
-        frames = decode(video, info, settings, wanted, gray)
-        if len(frames) == len(wanted):
-            return picks, dict(zip(wanted, frames)), partners
-    every = decode(video, info, settings, None, gray)
-    picks = pick_indices(len(every), settings.num_frames)
-    partners = flow_partners(picks, len(every)) if with_partners else None
-    return picks, dict(enumerate(every)), partners
+    """`decode_clip` as (picks, frames by number, partners or None)."""
+    c = decode_clip(video, settings, with_partners, gray)
+    return c.picks, c.frames, c.partners

@@ -135,7 +135,7 @@ def clip_flow(video: Video, settings: FlowSettings) -> np.ndarray:
 
 def _write(out: Path, flow: np.ndarray, settings: FlowSettings) -> None:
     q = quantise(flow, settings.bound)
-    stage.atomic_write(out, lambda f: np.savez_compressed(f, flow=q, bound=np.float32(settings.bound)))
+    stage.write_output(out, lambda f: np.savez_compressed(f, flow=q, bound=np.float32(settings.bound)))
 
 
 def process(video: Video, out: Path, settings: FlowSettings) -> str | None:
@@ -151,7 +151,8 @@ def process_group(items, settings: FlowSettings) -> list:
     decoded = []
     for i, (video, out) in enumerate(items):
         try:
-            decoded.append((i, out, _decode_pairs(video, settings)))
+            with stage.for_output(out):
+                decoded.append((i, out, _decode_pairs(video, settings)))
         except Exception as exc:  # this video's failure, recorded by the stage runner
             outcomes[i] = exc
     if not decoded:
@@ -164,7 +165,8 @@ def process_group(items, settings: FlowSettings) -> list:
         mine = computed[offset:offset + len(work.pairs)]
         offset += len(work.pairs)
         try:
-            _write(out, _per_pick(work, mine, settings), settings)
+            with stage.for_output(out):
+                _write(out, _per_pick(work, mine, settings), settings)
         except Exception as exc:
             outcomes[i] = exc
     return outcomes

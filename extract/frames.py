@@ -2,7 +2,8 @@
 
 `python -m extract.frames --manifest M --work W [--num-frames 79] [--size 224] [--resize crop|squash]`
 writes `W/frames/<key>.npz` holding `jpeg` (all frames' JPEG bytes, concatenated), `offsets`
-(T+1 byte offsets) and `meta` (JSON: picked frame numbers, source size and rate). JPEG at
+(T+1 byte offsets) and `meta` (JSON: picked frame numbers; the source's displayed size, rate,
+rotation, declared and decoded frame counts; its provenance, see `meta`). JPEG at
 quality 90 keeps a 79-frame 224x224 clip near 1 MB instead of 12 MB raw.
 `load(work, video_id)` gives back uint8 `[T, S, S, 3]` RGB.
 """
@@ -47,12 +48,23 @@ def decode_jpegs(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def process(video: Video, out: Path, settings: FrameSettings) -> str | None:
-    picks, frames, _ = clip.decode_picked(video, settings)
-    clip_frames = np.stack([frames[i] for i in picks.tolist()])
+    decoded = clip.decode_clip(video, settings)
+    picks = decoded.picks
+    clip_frames = np.stack([decoded.frames[i] for i in picks.tolist()])
     data, offsets = encode_jpegs(clip_frames, settings.jpeg_quality)
-    meta = json.dumps({"picks": picks.tolist(), "looped": bool(len(set(picks.tolist())) < len(picks))})
-    stage.atomic_write(out, lambda f: np.savez(f, jpeg=data, offsets=offsets, meta=np.array(meta)))
-    return "looped (fewer source frames than --num-frames)" if len(set(picks.tolist())) < len(picks) else None
+    looped = bool(len(set(picks.tolist())) < len(picks))
+    meta = json.dumps({"picks": picks.tolist(), "looped": looped, "source": decoded.source_meta(),
+                       "provenance": stage.current_source()})
+    stage.write_output(out, lambda f: np.savez(f, jpeg=data, offsets=offsets, meta=np.array(meta)))
+    return "looped (fewer source frames than --num-frames)" if looped else None
+
+
+def meta(work, video_id: str) -> dict:
+    """The stored meta of one video's frames: `picks` (source frame numbers), `looped`, `source`
+    (displayed width and height, fps, rotation, declared and decoded frame counts) and
+    `provenance` (the source file's resolved path, size, mtime_ns, clip start and end)."""
+    with np.load(stage.output_path(work, NAME, video_id, SUFFIX)) as z:
+        return json.loads(str(z["meta"]))
 
 
 STAGE = stage.Stage(NAME, SUFFIX, process)

@@ -65,7 +65,7 @@ def read_manifest(path: str | os.PathLike, require_split: bool = True) -> list[V
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     base = path.resolve().parent
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = {"id", "path", "label", "split"} - set(reader.fieldnames or ())
         if missing:
@@ -212,7 +212,7 @@ def from_folder(root: str | os.PathLike) -> list[Video]:
         for f in sorted(class_dir.rglob("*")):
             if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
                 caption = f.with_suffix(".txt")
-                text = caption.read_text(encoding="utf-8", errors="replace").strip() if caption.is_file() else None
+                text = caption.read_text(encoding="utf-8-sig", errors="replace").strip() if caption.is_file() else None
                 videos.append(Video(id=f.relative_to(root).with_suffix("").as_posix(), path=str(f.resolve()),
                                     label=class_dir.name, split=split, text=text or None))
     if not videos:
@@ -228,7 +228,7 @@ def from_list(list_file: str | os.PathLike, root: str | os.PathLike | None = Non
     list_file = Path(list_file)
     base = Path(root) if root else list_file.resolve().parent
     videos, problems = [], []
-    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         path, sep, label = line.rpartition(",")

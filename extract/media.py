@@ -1,7 +1,11 @@
-"""FFmpeg access: find the binary, probe a file, decode frames and audio through pipes.
+"""Media access: probe a file with PyAV, decode frames and audio with FFmpeg through pipes.
 
-Probing parses the banner that `ffmpeg -i` prints, so `ffprobe` never has to be installed:
-the imageio-ffmpeg wheel ships `ffmpeg` alone.
+Probing opens the file with PyAV (`av`, FFmpeg's libraries in a wheel): streams, `average_rate`,
+duration, the declared frame count and the display-matrix rotation, read from the container
+instead of parsed from the text `ffmpeg -i` prints (which changes between FFmpeg releases).
+Decoding runs the `ffmpeg` binary (the system one, or the one imageio-ffmpeg ships) with a
+command line built by `ffmpeg-python`: one pass, FFmpeg's `select` filter dropping the unwanted
+frames before scaling, raw frames or samples on a pipe, killed after a time limit.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ def ffmpeg_exe() -> str:
 
 import dataclasses
 import re
+import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -34,6 +39,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 DEFAULT_TIMEOUT = 120.0  # seconds of FFmpeg per video before it is killed as hung
+_GLOBAL_ARGS = ("-hide_banner", "-nostdin", "-loglevel", "error")
 
 
 class MediaError(RuntimeError):
@@ -46,7 +52,12 @@ class DecodeTimeout(MediaError):
 
 @dataclasses.dataclass(frozen=True)
 class MediaInfo:
-    """What `ffmpeg -i` says of a file. Width and height are as displayed, i.e. after rotation."""
+    """What the container says of a file. Width and height are as displayed, i.e. after rotation.
+
+    `frames` is the video stream's declared frame count (0 when the container does not store
+    one, as Matroska does not); `video_duration` and `audio_duration` are the streams' own
+    durations in seconds, None when the container gives none (then `duration` is the best guess).
+    """
 
     duration: float | None
     has_video: bool
@@ -57,15 +68,9 @@ class MediaInfo:
     has_audio: bool = False
     audio_rate: int | None = None
     audio_channels: int | None = None
-
-
-_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):([\d.]+)")
-_VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: .*?(\d{2,5})x(\d{2,5})")
-_FPS = re.compile(r"([\d.]+)(k?) (fps|tbr)")
-_AUDIO = re.compile(r"Stream #\d+:\d+.*?: Audio: [^,]+, (\d+) Hz, ([^,]+)")
-_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)", re.IGNORECASE)
-_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6,
-                    "6.1": 7, "7.1": 8}
+    frames: int = 0
+    video_duration: float | None = None
+    audio_duration: float | None = None
 
 
 def _clean_error(stderr: str) -> str:
@@ -75,53 +80,71 @@ def _clean_error(stderr: str) -> str:
     return lines[-1] if lines else "FFmpeg failed without a message"
 
 
+def _seconds(value, time_base) -> float | None:
+    return float(value * time_base) if value is not None and time_base is not None else None
+
+
+def _first_frame_rotation(container, stream) -> int:
+    """The display-matrix rotation in degrees, 0..359, counter-clockwise as FFmpeg reports it
+    (a phone's `rotate=90` tag reads 270), from the first decoded frame: FFmpeg hands the
+    stream's display matrix to every decoded frame."""
+    try:
+        for frame in container.decode(stream):
+            return int(round(frame.rotation)) % 360
+    except Exception:  # undecodable: decoding will say so with FFmpeg's own message
+        return 0
+    return 0
+
+
 def probe(path: str | os.PathLike, timeout: float = 30.0) -> MediaInfo:
-    """Duration, size, frame rate, rotation and audio of a file, without ffprobe."""
+    """Duration, size, frame rate, frame count, rotation and audio of a file (PyAV, no ffprobe)."""
+    import av
+
     path = Path(path)
-    if not path.exists():
-        raise MediaError(f"file not found: {path}")
-    if path.stat().st_size == 0:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MediaError(f"file not found: {path}") from None
+    except OSError as exc:
+        raise MediaError(f"cannot read ({exc.strerror}): {path}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise MediaError(f"not a regular file (a folder, device or pipe): {path}")
+    if st.st_size == 0:
         raise MediaError(f"empty file (0 bytes): {path}")
     try:
-        run = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-                             capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        container = av.open(str(path), timeout=(timeout, timeout))
+    except av.error.ExitError:
         raise DecodeTimeout(f"probing took over {timeout:.0f} s: {path}") from None
-    text = run.stderr.decode("utf-8", errors="replace")
-    if "Input #0" not in text:
-        raise MediaError(f"not a readable media file ({_clean_error(text)}): {path}")
-    m = _DURATION.search(text)
-    duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
-    video = _VIDEO.search(text)
-    audio = _AUDIO.search(text)
-    fields: dict = dict(duration=duration, has_video=video is not None, has_audio=audio is not None)
-    if video:
-        line = text[video.start(): text.find("\n", video.start())]
-        width, height = int(video[1]), int(video[2])
-        rot = _ROTATION.search(text[video.start():])
-        rotation = int(round(float(rot[1] or rot[2]))) % 360 if rot else 0
-        if rotation in (90, 270):
-            width, height = height, width
-        fps = None
-        for value, kilo, _ in _FPS.findall(line):
-            fps = float(value) * (1000 if kilo else 1)
-            break
-        fields.update(width=width, height=height, fps=fps, rotation=rotation)
-    if audio:
-        layout = audio[2].strip().split("(")[0].strip()
-        channels = _LAYOUT_CHANNELS.get(layout)
-        if channels is None:
-            n = re.match(r"(\d+) channels", layout)
-            channels = int(n[1]) if n else 2
-        fields.update(audio_rate=int(audio[1]), audio_channels=channels)
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise MediaError(f"not a readable media file ({reason}): {path}") from None
+    with container:
+        duration = container.duration / 1e6 if container.duration is not None else None
+        fields: dict = dict(duration=duration, has_video=bool(container.streams.video),
+                            has_audio=bool(container.streams.audio))
+        if container.streams.video:
+            v = container.streams.video[0]
+            width, height = v.codec_context.width, v.codec_context.height
+            rate = v.average_rate or v.guessed_rate or v.base_rate
+            rotation = _first_frame_rotation(container, v)
+            if rotation in (90, 270):
+                width, height = height, width
+            fields.update(width=width, height=height, fps=float(rate) if rate else None, rotation=rotation,
+                          frames=int(v.frames or 0), video_duration=_seconds(v.duration, v.time_base))
+        if container.streams.audio:
+            a = container.streams.audio[0]
+            layout = a.codec_context.layout
+            channels = getattr(layout, "nb_channels", None) or len(getattr(layout, "channels", ())) or 2
+            fields.update(audio_rate=int(a.codec_context.sample_rate or a.rate or 0) or None, audio_channels=channels,
+                          audio_duration=_seconds(a.duration, a.time_base))
     return MediaInfo(**fields)
 
 
 class _FFmpegPipe:
-    """An FFmpeg process whose stdout is read in fixed-size records, killed after `timeout` s."""
+    """An FFmpeg process (a full command line) whose stdout is read in fixed-size records, killed after `timeout` s."""
 
-    def __init__(self, args: Sequence[str], timeout: float):
-        self.cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
+    def __init__(self, cmd: Sequence[str], timeout: float):
+        self.cmd = list(cmd)
         self.timeout = timeout
         self.timed_out = False
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -169,54 +192,137 @@ class _FFmpegPipe:
         self._timer.cancel()
 
 
-def _clip_args(start: float | None, end: float | None) -> tuple[list[str], list[str]]:
-    """Input seeking (fast and frame-accurate in current FFmpeg) plus an output duration."""
-    before = ["-ss", f"{start:.6f}"] if start else []
-    after = ["-t", f"{end - (start or 0.0):.6f}"] if end is not None else []
-    return before, after
+def _input(path: str | os.PathLike, start: float | None):
+    """The input node: input seeking with `-ss` (fast and frame-accurate in current FFmpeg)."""
+    import ffmpeg
+
+    return ffmpeg.input(str(path), **({"ss": f"{start:.6f}"} if start else {}))
 
 
-def _select_expr(indices: Sequence[int]) -> str:
-    """An FFmpeg `select` expression passing exactly the frame numbers given (merged into ranges)."""
+def _duration(start: float | None, end: float | None) -> dict:
+    """Output options limiting the clip to `end` (seconds from the file's start)."""
+    return {"t": f"{end - (start or 0.0):.6f}"} if end is not None else {}
+
+
+def command_line(stream) -> list[str]:
+    """The full FFmpeg argument list of an ffmpeg-python output node (global options first)."""
+    import ffmpeg
+
+    return [ffmpeg_exe(), *_GLOBAL_ARGS, *ffmpeg.get_args(stream)]
+
+
+def _select_expr(indices: Sequence[int], from_frame: int | None = None) -> str:
+    """A `select` expression passing exactly the frame numbers given (merged into ranges), and
+    with `from_frame` every frame from that number on."""
     ranges: list[list[int]] = []
     for i in sorted(set(indices)):
         if ranges and i == ranges[-1][1] + 1:
             ranges[-1][1] = i
         else:
             ranges.append([i, i])
-    return "+".join(f"eq(n\\,{a})" if a == b else f"between(n\\,{a}\\,{b})" for a, b in ranges)
+    terms = [f"eq(n,{a})" if a == b else f"between(n,{a},{b})" for a, b in ranges]
+    if from_frame is not None:
+        terms.append(f"gte(n,{from_frame})")
+    return "+".join(terms) or "0"
 
 
-def decode_frames(path: str | os.PathLike, geometry_filter: str, width: int, height: int,
+FilterSpec = tuple  # (name, positional args, keyword args)
+
+
+def parse_filters(chain: str | Sequence[FilterSpec]) -> list[FilterSpec]:
+    """`"scale=256:455:flags=bilinear,crop=224:224:16:115"` -> [("scale", ("256", "455"), {"flags": "bilinear"}), ...].
+
+    Structured specs are passed through; ffmpeg-python escapes their values itself."""
+    if not isinstance(chain, str):
+        return [tuple(f) for f in chain]
+    specs = []
+    for part in filter(None, chain.split(",")):
+        name, _, arg_text = part.partition("=")
+        args, kwargs = [], {}
+        for a in filter(None, arg_text.split(":")):
+            key, eq, value = a.partition("=")
+            if eq:
+                kwargs[key] = value
+            else:
+                args.append(a)
+        specs.append((name, tuple(args), kwargs))
+    return specs
+
+
+def frames_command(path: str | os.PathLike, geometry: str | Sequence[FilterSpec], indices: Sequence[int] | None = None,
+                   gray: bool = False, start: float | None = None, end: float | None = None,
+                   count_from: int | None = None) -> list[str]:
+    """The FFmpeg command of `decode_frames`: one pass, `select`, then the geometry, raw frames to stdout."""
+    import ffmpeg
+
+    video = _input(path, start)["v:0"]
+    if indices is not None:
+        video = video.filter("select", _select_expr(indices, count_from))
+    for name, args, kwargs in parse_filters(geometry):
+        video = video.filter(name, *args, **kwargs)
+    out = ffmpeg.output(video, "pipe:1", format="rawvideo", pix_fmt="gray" if gray else "rgb24",
+                        fps_mode="passthrough", **_duration(start, end))
+    return command_line(out)
+
+
+def audio_command(path: str | os.PathLike, channels: int, sample_rate: int, start: float | None = None,
+                  end: float | None = None) -> list[str]:
+    """The FFmpeg command of `decode_audio`: the first audio stream as f32le samples on stdout."""
+    import ffmpeg
+
+    out = ffmpeg.output(_input(path, start)["a:0"], "pipe:1", format="f32le", acodec="pcm_f32le",
+                        ac=int(channels), ar=int(sample_rate), **_duration(start, end))
+    return command_line(out)
+
+
+@dataclasses.dataclass
+class DecodedFrames:
+    """`decode_frames(..., count_from=N)`: the wanted frames, and how many frames from N on were decoded."""
+    frames: list
+    beyond: int
+
+
+def decode_frames(path: str | os.PathLike, geometry_filter: str | Sequence[FilterSpec], width: int, height: int,
                   indices: Sequence[int] | None = None, gray: bool = False,
                   start: float | None = None, end: float | None = None,
-                  max_frames: int = 20000, timeout: float = DEFAULT_TIMEOUT) -> list[np.ndarray]:
+                  max_frames: int = 20000, timeout: float = DEFAULT_TIMEOUT,
+                  count_from: int | None = None):
     """Decode in one pass, scaled and cropped by FFmpeg, keeping only the frame numbers in `indices`.
 
     Frame numbers count decoded frames from the clip's start. FFmpeg drops the frames that are
     not wanted before scaling (`select`), so a 1080p clip costs little more than its decoding.
-    Rotation metadata is applied by FFmpeg before `geometry_filter`. Returns the frames in
-    increasing frame-number order: uint8 `[height, width, 3]` RGB, or `[height, width]` if `gray`.
+    Rotation metadata is applied by FFmpeg before `geometry_filter` (a filter chain string such
+    as `scale=..,crop=..`, or (name, args, kwargs) specs). Returns the frames in increasing
+    frame-number order: uint8 `[height, width, 3]` RGB, or `[height, width]` if `gray`.
     With `indices=None` every frame is returned (at most `max_frames`).
+
+    With `count_from=N` (all `indices` below N), every frame numbered N or more is decoded
+    too but only counted, not kept: the result is a `DecodedFrames` whose `beyond` says how
+    many frames the stream has past N (0 when it ends before), which is how a container that
+    under-states its length is caught without a second pass.
     """
-    before, after = _clip_args(start, end)
-    filters = ([f"select='{_select_expr(indices)}'"] if indices is not None else []) + [geometry_filter]
+    if count_from is not None and indices is None:
+        raise ValueError("count_from needs indices")
+    if count_from is not None and indices and max(indices) >= count_from:
+        raise ValueError("count_from must be above every wanted frame number")
+    cmd = frames_command(path, geometry_filter, indices, gray, start, end, count_from)
     channels = 1 if gray else 3
-    args = [*before, "-i", str(path), *after, "-map", "0:v:0", "-an", "-sn", "-dn",
-            "-vf", ",".join(filters), "-fps_mode", "passthrough",
-            "-f", "rawvideo", "-pix_fmt", "gray" if gray else "rgb24", "pipe:1"]
     size = width * height * channels
     shape = (height, width) if gray else (height, width, 3)
-    frames = []
-    with _FFmpegPipe(args, timeout) as pipe:
+    keep = len(set(indices)) if indices is not None else max_frames
+    frames, beyond = [], 0
+    with _FFmpegPipe(cmd, timeout) as pipe:
         for record in pipe.records(size):
-            frames.append(np.frombuffer(record, np.uint8).reshape(shape))
-            if len(frames) >= max_frames:
+            if len(frames) < keep:
+                frames.append(np.frombuffer(record, np.uint8).reshape(shape))
+            elif count_from is not None:
+                beyond += 1
+            else:
                 break
         pipe.close(f"decoding {path}")
         if not frames:
             raise MediaError(f"no video frame could be decoded ({pipe.error}): {path}")
-    return frames
+    return DecodedFrames(frames, beyond) if count_from is not None else frames
 
 
 def decode_audio(path: str | os.PathLike, channels: int, sample_rate: int, start: float | None = None,
@@ -226,10 +332,8 @@ def decode_audio(path: str | os.PathLike, channels: int, sample_rate: int, start
     Channels are kept as they are; mixing to mono is the front end's job (mean of channels,
     as the published VGGish front end does).
     """
-    before, after = _clip_args(start, end)
-    args = [*before, "-i", str(path), *after, "-map", "0:a:0", "-vn", "-sn", "-dn",
-            "-ac", str(channels), "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
-    with _FFmpegPipe(args, timeout) as pipe:
+    cmd = audio_command(path, channels, sample_rate, start, end)
+    with _FFmpegPipe(cmd, timeout) as pipe:
         raw = pipe.read_all()
         pipe.close(f"decoding audio of {path}")
         if pipe.proc.returncode != 0 and not raw:

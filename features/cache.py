@@ -12,10 +12,11 @@ Layout under a work folder W (nothing is ever written outside `W/features/`):
 all map to plain file names inside the shard folder, and two ids never share a name.
 
 Crash safety. Every shard, marker, attrs.json and .h5 file is written under a temporary name
-(`.tmp-<pid>-...`) in the same folder and `os.replace`d into place, so a process killed at any
-point (SIGKILL included) leaves either the old state or the new one, never a truncated file.
+(`.tmp-<pid>-...`) in the same folder, flushed and fsync'ed, and `os.replace`d into place
+(`extract.durable`), so a process killed at any point (SIGKILL included) leaves either the old
+state or the new one, never a truncated file; after attrs.json and the .h5 file the folder is
+fsync'ed too, so a power loss cannot leave an empty or vanished cache file under its name.
 Temporary files of dead processes are removed by the next `ShardWriter` or `consolidate`.
-(Files are not fsync'ed: this protects against killed processes, not against power loss.)
 
 The consolidated file (`FORMAT` 1):
 
@@ -47,6 +48,9 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
+from extract import durable
+from extract.durable import pid_alive  # noqa: F401  (classify.runs and older callers import it from here)
+
 FORMAT = 1
 BLOCK_BYTES = 64 << 20
 # Settings keys that describe the run rather than the features: a difference in them does not
@@ -54,7 +58,7 @@ BLOCK_BYTES = 64 << 20
 INFORMATIONAL_ATTRS = frozenset({"package_version", "version", "created", "device", "jobs", "host"})
 
 _MODALITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = durable.TMP_PREFIX
 
 
 class CacheError(Exception):
@@ -119,51 +123,22 @@ def _normalise(attrs: dict) -> dict:
         raise TypeError(f"cache settings must be JSON values (str, number, bool, list, dict): {exc}") from None
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_dead_temps(folder: Path) -> int:
     """Remove `.tmp-<pid>-...` files left by processes that no longer run."""
-    removed = 0
-    if not folder.is_dir():
-        return 0
-    for entry in os.scandir(folder):
-        if not entry.name.startswith(_TMP_PREFIX):
-            continue
-        pid = entry.name[len(_TMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
+    return durable.remove_dead_temps(folder)
 
 
 def _tmp_path(target: Path) -> Path:
-    return target.with_name(f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
+    return durable.temp_path(target)
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    tmp = _tmp_path(target)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _atomic_write_bytes(target: Path, data: bytes, sync_dir: bool = True) -> None:
+    durable.atomic_write_bytes(target, data, sync_dir=sync_dir)
 
 
-def _atomic_write_json(target: Path, obj) -> None:
-    _atomic_write_bytes(target, (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+def _atomic_write_json(target: Path, obj, sync_dir: bool = True) -> None:
+    _atomic_write_bytes(target, (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"),
+                        sync_dir=sync_dir)
 
 
 def _diff(old: dict, new: dict) -> list[str]:
@@ -229,20 +204,13 @@ class ShardWriter:
         if not np.isfinite(seq).all():
             raise ValueError(f"{self.modality} of {video_id!r}: the sequence holds NaN or infinite values")
         shard, marker = self._paths(video_id)
-        tmp = _tmp_path(shard)
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, seq, allow_pickle=False)
-            os.replace(tmp, shard)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        durable.atomic_write(shard, lambda f: np.save(f, seq, allow_pickle=False))
         marker.unlink(missing_ok=True)
 
     def missing(self, video_id: str, reason: str) -> None:
         """Record that this video has no such modality (no audio track, failed upstream, ...)."""
         shard, marker = self._paths(video_id)
-        _atomic_write_json(marker, {"id": video_id, "reason": str(reason)})
+        _atomic_write_json(marker, {"id": video_id, "reason": str(reason)}, sync_dir=False)
         shard.unlink(missing_ok=True)
 
     def consolidate(self, ids: list[str]) -> Path:
@@ -354,7 +322,8 @@ def write_consolidated(target: Path, ids: list[str], lengths: np.ndarray, dim: i
             f.attrs["dim"] = dim
             f.attrs["source_digest"] = source_digest or secrets.token_hex(16)
             f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        os.replace(tmp, target)
+        durable.fsync_file(tmp)
+        durable.publish(tmp, target, sync_dir=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

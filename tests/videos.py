@@ -165,6 +165,48 @@ def make_truncated(path, fraction: float = 0.5, faststart: bool = False) -> Path
     return path
 
 
+def make_understated_mkv(path, seconds: float = 10.0, declared: float = 1.0, fps: float = 30, audio: bool = True) -> Path:
+    """A Matroska file of `seconds` s (`render_frame(0..)`, and the sine when `audio`) whose
+    Segment Duration element says `declared` s: a container that understates its length.
+
+    Matroska stores no frame count, so a reader that trusts the container sees `declared` s."""
+    import struct
+
+    path = Path(path)
+    make_video(path, seconds=seconds, fps=fps, audio=audio)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # Duration (0x4489), an 8-byte float, in TimecodeScale units (ms)
+    if at < 0:
+        raise RuntimeError(f"no Segment Duration element in {path}")
+    written = struct.unpack(">d", data[at + 3: at + 11])[0]
+    if abs(written - seconds * 1000) > 100:
+        raise RuntimeError(f"{path}: found Duration {written} ms, expected about {seconds * 1000} ms")
+    data[at + 3: at + 11] = struct.pack(">d", declared * 1000.0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def make_nan_audio_mkv(path, seconds: float = 2.0, rate: int = 16000, nan_every: int = 1000) -> Path:
+    """A Matroska video of `seconds` s whose audio is raw `pcm_f32le` (16 kHz mono): a 440 Hz sine
+    with every `nan_every`-th sample NaN (a float track no decoder cleans up)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    silent = path.with_name(f".{path.stem}.video.mkv")
+    raw = path.with_name(f".{path.stem}.f32")
+    make_video(silent, seconds=seconds, audio=False)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = (0.5 * np.sin(2 * np.pi * TONE_HZ * t)).astype("<f4")
+    wave[::nan_every] = np.nan
+    raw.write_bytes(wave.tobytes())
+    try:
+        _ffmpeg(["-i", silent, "-f", "f32le", "-ar", str(rate), "-ac", "1", "-i", raw,
+                 "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "pcm_f32le", path])
+    finally:
+        silent.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
+    return path
+
+
 def make_zero_byte(path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
