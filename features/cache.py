@@ -4,6 +4,7 @@ Layout under a work folder W (nothing is ever written outside `W/features/`):
 
     W/features/<modality>.shards/attrs.json          settings the shards were made with
     W/features/<modality>.shards/<name>.npy          one video's sequence, float32 [L, D]
+    W/features/<modality>.shards/<name>.source.json  the input that sequence was made from (provenance)
     W/features/<modality>.shards/<name>.missing.json {"id": ..., "reason": ...}: no such modality
     W/features/<modality>.h5                         the consolidated cache that `load` reads
 
@@ -37,6 +38,7 @@ rgb2d `[79, 512]`. Peak memory is that array plus one read block (`BLOCK_BYTES`)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -153,32 +155,48 @@ def _diff(old: dict, new: dict) -> list[str]:
 class ShardWriter:
     """Per-video shards under W/features/<modality>.shards/, consolidated into W/features/<modality>.h5.
 
-    Several writers (processes) may fill the same folder at once as long as they write
-    different videos; every file appears atomically.
+    The writer claims the shard folder for its settings (`extract.stage.claim_settings`: an
+    exclusive `flock` while it compares or records `attrs.json`, a shared one while it lives),
+    so a concurrent run with other settings is refused (`CacheSettingsError`) instead of mixing
+    its features into this cache, while runs with the same settings may fill it together (every
+    file appears atomically). Use it as a context manager, or call `close()`, to let go.
+    Each shard may carry a provenance record (`<name>.source.json`: what input it was made from),
+    so that a re-run can tell a shard made from an input that has changed since.
     """
 
     def __init__(self, work: str | os.PathLike, modality: str, attrs: dict):
+        from extract import stage
+
         self.work = Path(work)
         self.modality = _check_modality(modality)
         self.dir = shard_dir(work, modality)
         self.attrs = _normalise(attrs)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._claim = contextlib.ExitStack()
+        try:
+            claim = self._claim.enter_context(stage.claim_settings(
+                self.dir, self.attrs, f"{self.modality} feature settings", settings_file="attrs.json",
+                ignore=tuple(INFORMATIONAL_ATTRS)))
+        except stage.SettingsMismatch:
+            attrs_file = self.dir / "attrs.json"
+            old = json.loads(attrs_file.read_text(encoding="utf-8")) if attrs_file.is_file() else {}
+            raise CacheSettingsError(
+                f"{self.dir} holds {self.modality} features made (or being made by another run) with other "
+                f"settings: " + "; ".join(_diff(old, self.attrs))
+                + f". Either run again with the cached settings, or delete {self.dir} "
+                f"(and {cache_path(work, modality)}) to extract {self.modality} again with the new ones.") from None
+        self.attrs = claim.settings  # informational keys may differ: the shards keep their record
         _remove_dead_temps(self.dir)
-        attrs_file = self.dir / "attrs.json"
-        old = json.loads(attrs_file.read_text(encoding="utf-8")) if attrs_file.is_file() else None
-        if old == self.attrs:
-            return
-        if old is not None and self._has_shards():
-            differences = _diff(old, self.attrs)
-            if differences:
-                raise CacheSettingsError(
-                    f"{self.dir} holds {self.modality} features made with other settings:\n  "
-                    + "\n  ".join(differences)
-                    + f"\nEither run again with the cached settings, or delete {self.dir} "
-                    f"(and {cache_path(work, modality)}) to extract {self.modality} again with the new ones.")
-            self.attrs = old  # only informational keys differ: the shards keep their record
-            return
-        _atomic_write_json(attrs_file, self.attrs)
+
+    def close(self) -> None:
+        """Let go of the folder's claim."""
+        self._claim.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _has_shards(self) -> bool:
         return any(e.name.endswith((".npy", ".missing.json")) and not e.name.startswith(_TMP_PREFIX)
@@ -190,13 +208,18 @@ class ShardWriter:
         name = shard_name(video_id)
         return self.dir / f"{name}.npy", self.dir / f"{name}.missing.json"
 
+    def has_shard(self, video_id: str) -> bool:
+        """A sequence is stored for this id (not a missing-marker)."""
+        return self._paths(video_id)[0].is_file()
+
     def done(self, video_id: str) -> bool:
         """A shard or a missing-marker exists for this id."""
         shard, marker = self._paths(video_id)
         return shard.exists() or marker.exists()
 
-    def write(self, video_id: str, seq: np.ndarray) -> None:
-        """Store one video's sequence `[L, D]` (float32, L >= 1, finite values)."""
+    def write(self, video_id: str, seq: np.ndarray, source: dict | None = None) -> None:
+        """Store one video's sequence `[L, D]` (float32, L >= 1, finite values); `source`, if
+        given, is the record of the input it was made from (see `source_record`)."""
         seq = np.ascontiguousarray(seq, dtype=np.float32)
         if seq.ndim != 2 or seq.shape[0] == 0 or seq.shape[1] == 0:
             raise ValueError(f"{self.modality} of {video_id!r}: expected a [L, D] sequence with L, D >= 1, "
@@ -204,14 +227,31 @@ class ShardWriter:
         if not np.isfinite(seq).all():
             raise ValueError(f"{self.modality} of {video_id!r}: the sequence holds NaN or infinite values")
         shard, marker = self._paths(video_id)
+        record = self._record_path(shard)
+        record.unlink(missing_ok=True)  # never a record describing another shard than the one on disk
         durable.atomic_write(shard, lambda f: np.save(f, seq, allow_pickle=False))
+        if source is not None:
+            _atomic_write_bytes(record, json.dumps(source, sort_keys=True).encode("utf-8"), sync_dir=False)
         marker.unlink(missing_ok=True)
+
+    @staticmethod
+    def _record_path(shard: Path) -> Path:
+        return shard.with_name(shard.name[: -len(".npy")] + ".source.json")
+
+    def source_record(self, video_id: str) -> dict | None:
+        """The provenance record of this video's shard (None: no shard, or made without one)."""
+        shard, _ = self._paths(video_id)
+        try:
+            return json.loads(self._record_path(shard).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     def missing(self, video_id: str, reason: str) -> None:
         """Record that this video has no such modality (no audio track, failed upstream, ...)."""
         shard, marker = self._paths(video_id)
         _atomic_write_json(marker, {"id": video_id, "reason": str(reason)}, sync_dir=False)
         shard.unlink(missing_ok=True)
+        self._record_path(shard).unlink(missing_ok=True)
 
     def consolidate(self, ids: list[str]) -> Path:
         """Build W/features/<modality>.h5 from the shards of these ids, in this order.

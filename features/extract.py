@@ -94,25 +94,60 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
     options = spec.resolve_options(options)
     backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed,
                                        batch_size=batch_size, **options)
-    writer = cache.ShardWriter(work, modality, cache_attributes(spec, backbone, work, options))
-    shards = cache.shard_dir(work, modality)
+    with cache.ShardWriter(work, modality, cache_attributes(spec, backbone, work, options)) as writer:
+        counts, todo, sources = _plan(spec, writer, videos, work, options)
+        _embed(spec, backbone, writer, todo, sources, counts, work, options, loaders, videos_per_call, progress)
+        path = writer.consolidate([v.id for v in videos])
+    weights_kind = "random" if backbone.checkpoint == "random" else "pretrained"
+    return {**counts, "total": len(videos), "seconds": time.perf_counter() - started, "path": str(path),
+            "weights": weights_kind, "device": str(backbone.device)}
 
+
+def _plan(spec: Modality, writer: cache.ShardWriter, videos: Sequence[Video], work: Path, options: dict):
+    """Which videos to embed: not done yet, or done from an input that has changed since (redone).
+
+    A video whose input is absent is recorded as missing with the reason (failed upstream, not
+    extracted); one whose stage output no longer fits its manifest row (its video changed, the
+    stage was not run again) is a failure that names the stage to run."""
     failed_upstream: dict[str, str] = {}
     for name in spec.source.stages:
         for vid, reason in stage.read_failures(work, name).items():
             failed_upstream.setdefault(vid, f"failed in {name}: {reason}")
-    counts = {"done": 0, "skipped": 0, "missing": 0, "failed": 0}
-    todo = []
+    counts = {"done": 0, "skipped": 0, "redone": 0, "missing": 0, "failed": 0}
+    todo, sources = [], {}
     for v in videos:
-        if (shards / f"{cache.shard_name(v.id)}.npy").is_file():
-            counts["skipped"] += 1
-        elif spec.source.available(work, v):
-            todo.append(v)
-        else:
-            writer.missing(v.id, failed_upstream.get(
-                v.id, f"not extracted: no {spec.source.name} output (run the {spec.source.name} stage)"))
-            counts["missing"] += 1
+        if not spec.source.available(work, v):
+            if writer.has_shard(v.id) and v.id not in failed_upstream:
+                counts["skipped"] += 1  # input deleted after extraction (to save disk): the features stay
+            else:
+                writer.missing(v.id, failed_upstream.get(
+                    v.id, f"not extracted: no {spec.source.name} output (run the {spec.source.name} stage)"))
+                counts["missing"] += 1
+            continue
+        stale = spec.source.stale(work, v)
+        if stale:
+            writer.missing(v.id, f"failed in features: the {spec.source.name} output is stale ({stale}); "
+                                 f"run the {spec.source.name} stage again")
+            counts["failed"] += 1
+            log.warning("features %s: %r has a stale %s output (%s)", spec.name, v.id, spec.source.name, stale)
+            continue
+        sources[v.id] = spec.source.provenance(work, v, options)
+        if writer.has_shard(v.id):
+            recorded = writer.source_record(v.id)
+            if recorded is None or recorded == sources[v.id]:
+                counts["skipped"] += 1
+                continue
+            counts["redone"] += 1
+            log.info("features %s: %r redone, its input changed", spec.name, v.id)
+        todo.append(v)
+    return counts, todo, sources
 
+
+def _embed(spec: Modality, backbone: backbones.Backbone, writer: cache.ShardWriter, todo: Sequence[Video],
+           sources: dict, counts: dict, work: Path, options: dict, loaders: int, videos_per_call: int | None,
+           progress: bool | None) -> None:
+    """Load, prepare and embed `todo`, writing one shard or missing-marker per video."""
+    modality = spec.name
     per_call = max(1, int(videos_per_call or backbone.videos_per_call))
     loader = torch.utils.data.DataLoader(_Inputs(work, modality, todo, options), batch_size=per_call,
                                          collate_fn=_first, num_workers=loaders,
@@ -134,7 +169,7 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
         if ready:
             for (vid, _), seq in zip(ready, backbone.embed([x for _, x in ready])):
                 try:
-                    writer.write(vid, seq)
+                    writer.write(vid, seq, source=sources.get(vid))
                 except ValueError as exc:  # e.g. a non-finite embedding: that one video's failure
                     writer.missing(vid, f"failed in features: {exc}")
                     counts["failed"] += 1
@@ -143,15 +178,12 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
                 counts["done"] += 1
         bar.update(len(items))
     bar.close()
-    path = writer.consolidate([v.id for v in videos])
-    weights_kind = "random" if backbone.checkpoint == "random" else "pretrained"
-    return {**counts, "total": len(videos), "seconds": time.perf_counter() - started, "path": str(path),
-            "weights": weights_kind, "device": str(backbone.device)}
 
 
 def summary_line(modality: str, s: dict) -> str:
     per_video = f", {s['seconds'] / s['done']:.2f} s per video" if s["done"] else ""
-    return (f"features {modality}: done {s['done']} / skipped {s['skipped']} / missing {s['missing']} / "
+    redone = f" (of which {s['redone']} redone: input changed)" if s.get("redone") else ""
+    return (f"features {modality}: done {s['done']}{redone} / skipped {s['skipped']} / missing {s['missing']} / "
             f"failed {s['failed']} (of {s['total']} videos; {s['seconds']:.1f} s{per_video} on {s['device']}) -> {s['path']}")
 
 

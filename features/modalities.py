@@ -18,6 +18,7 @@ one inside the test and runs features, training and fusion on it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -136,6 +137,20 @@ class StageSource:
     def available(self, work: Path, video: Video) -> bool:
         return stage.output_path(work, self.module.NAME, video.id, self.module.SUFFIX).is_file()
 
+    def provenance(self, work: Path, video: Video, options: dict) -> dict | None:
+        """What a cached sequence was made from: the stage output's `stage.provenance`; None when
+        the output is gone (deleted after extraction to save disk: the cached sequence stays)."""
+        try:
+            return {"stage": self.module.NAME,
+                    **stage.provenance(stage.output_path(work, self.module.NAME, video.id, self.module.SUFFIX))}
+        except OSError:
+            return None
+
+    def stale(self, work: Path, video: Video) -> str | None:
+        """Why the stage output no longer fits the manifest row (its video changed), or None."""
+        reason = stage.stale_reason(stage.output_path(work, self.module.NAME, video.id, self.module.SUFFIX), video)
+        return reason if reason in ("source changed", "output changed") else None
+
     def load(self, work: Path, video: Video, options: dict):
         array = self.module.load(work, video.id)
         if array is None:
@@ -163,6 +178,14 @@ class CaptionSource:
 
     def available(self, work: Path, video: Video) -> bool:
         return True  # the loader decides: an empty caption is a Missing, not a failure
+
+    def provenance(self, work: Path, video: Video, options: dict) -> dict:
+        """The cleaned caption's SHA-1: an edited caption is embedded again."""
+        cleaned = text.clean_caption(video.text, emoji=options["caption_emoji"], hashtags=options["caption_hashtags"])
+        return {"caption_sha1": hashlib.sha1(cleaned.encode("utf-8")).hexdigest() if cleaned else None}
+
+    def stale(self, work: Path, video: Video) -> str | None:
+        return None  # the manifest is the source itself
 
     def load(self, work: Path, video: Video, options: dict):
         cleaned = text.clean_caption(video.text, emoji=options["caption_emoji"],

@@ -51,6 +51,14 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _vouch_for(out: Path) -> None:
+    """Make the stage's provenance record describe the output as it is now."""
+    record = stage.read_source_record(out)
+    st = out.stat()
+    record["output"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stage.source_record_path(out).write_text(json.dumps(record))
+
+
 def test_a_corrupt_stage_output_is_that_videos_failure(staged):
     """Case 1: truncated npz, flipped bytes, a valid zip holding garbage JPEG: each fails alone."""
     m, w, rows = staged
@@ -67,6 +75,8 @@ def test_a_corrupt_stage_output_is_that_videos_failure(staged):
         np.savez(f, **parts)
     _truncate(stage.output_path(w, "flow", "v3", ".npz"))
     _truncate(stage.output_path(w, "audio", "v3", ".npz"))
+    for key in ("v0", "v1", "v2"):  # the decoding failures themselves, not only the record mismatch
+        _vouch_for(stage.output_path(w, "frames", key, ".npz"))
 
     for modality, bad in (("rgb", {"v0", "v1", "v2"}), ("flow", {"v3"}), ("audio", {"v3"})):
         code, out, err = quiet(features_main, ["--modality", modality, "--manifest", str(m), "--work", str(w),
@@ -75,6 +85,8 @@ def test_a_corrupt_stage_output_is_that_videos_failure(staged):
         assert f"failed {len(bad)}" in out and "Traceback" not in err
         reasons = cache.missing(w, modality)
         assert set(reasons) == bad and all(r.startswith("failed in features:") for r in reasons.values())
+        if modality == "rgb":
+            assert "stale" not in " ".join(reasons.values())  # BadZipFile, CRC, cv2: read and named
         assert sorted(cache.load(w, modality).ids) == sorted({r.id for r in rows} - bad)
         # a re-run retries the failed ones, and fails them again the same way
         code, out, _ = quiet(features_main, ["--modality", modality, "--manifest", str(m), "--work", str(w),
@@ -92,6 +104,7 @@ def test_non_finite_stage_output_fails_its_video_not_the_run(staged):
     parts["examples"][0, 5, 5] = np.nan
     with open(path, "wb") as f:
         np.savez(f, **parts)
+    _vouch_for(path)  # as if the stage itself had written it (an older version without the NaN check)
     s = extract_features("audio", rows, w, weights="random", device="cpu", loaders=0)
     assert (s["done"], s["failed"]) == (3, 1)
     assert "NaN" in cache.missing(w, "audio")["v1"]
@@ -166,3 +179,55 @@ def test_bad_modality_name_is_one_line_exit_2(tmp_path):
     for fn, argv in ((train_cli.main, ["--modality", "../x"]), (fuse_cli.main, ["--modalities", "rgb,../x"])):
         code, out, err = quiet(fn, [*argv, "--work", str(tmp_path / "work"), "--manifest", str(m)])
         assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+
+
+def test_changed_sources_and_captions_are_redone_not_reused(staged, tmp_path):
+    """Case 5, feature side: a manifest row pointing at another video, and an edited caption."""
+    m, w, rows = staged
+    assert extract_features("rgb", rows, w, weights="random", device="cpu", loaders=0)["done"] == 4
+    before = cache.load(w, "rgb")
+    other = tv.make_video(tmp_path / "other.mp4", seed=9, pattern="static")
+    rows = [Video(id=r.id, path=str(other), label=r.label, split=r.split) if r.id == "v2" else r for r in rows]
+    s = extract_features("rgb", rows, w, weights="random", device="cpu", loaders=0)
+    assert (s["failed"], s["skipped"]) == (1, 3)  # frames not re-run yet: named, not reused
+    assert "frames output is stale (source changed)" in cache.missing(w, "rgb")["v2"]
+    stage.run_stage(frames.STAGE, rows, w, frames.FrameSettings(num_frames=T, size=S), jobs=1)
+    s = extract_features("rgb", rows, w, weights="random", device="cpu", loaders=0)
+    assert (s["done"], s["skipped"]) == (1, 3)
+    after = cache.load(w, "rgb")
+    i, j = before.ids.index("v2"), after.ids.index("v2")
+    assert not np.allclose(before.x[i], after.x[j])
+    k = after.ids.index("v1")
+    np.testing.assert_array_equal(before.x[before.ids.index("v1")], after.x[k])
+
+    rows = [Video(id=r.id, path=r.path, label=r.label, split=r.split, text=f"caption {r.id}") for r in rows]
+    assert extract_features("text", rows, w, device="cpu", loaders=0)["done"] == 4
+    rows[0] = Video(id="v0", path=rows[0].path, label="a", split="train", text="a completely different caption")
+    s = extract_features("text", rows, w, device="cpu", loaders=0)
+    assert (s["done"], s["redone"], s["skipped"]) == (1, 1, 3)
+
+
+def test_concurrent_feature_runs_with_other_settings_cannot_both_win(staged, tmp_path):
+    """Case 4, feature side: seed 0 and seed 1 started together; one is refused (exit 2), and the
+    cache holds only the winner's features."""
+    import subprocess
+    import sys
+
+    m, w, rows = staged
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-m", "features.extract", "--modality", "rgb2d", "--manifest", str(m), "--work", str(w),
+            "--weights", "random", "--device", "cpu", "--loaders", "0", "--videos-per-call", "1"]
+    procs = [subprocess.Popen([*args, "--seed", str(seed)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for seed in (0, 1)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = [r[0] for r in results]
+    assert sorted(codes) == [0, 2], results
+    loser = results[codes.index(2)]
+    assert loser[2].startswith("error:") and "seed" in loser[2] and len(loser[2].strip().splitlines()) == 1
+    winner_seed = codes.index(0)
+    assert cache.attributes(w, "rgb2d")["seed"] == winner_seed
+    bb = backbones.load_backbone("rgb2d", "random", seed=winner_seed)
+    got = cache.load(w, "rgb2d")
+    for i, vid in enumerate(got.ids):
+        expected = bb.embed([bb.prepare(frames.load(w, vid))])[0]
+        np.testing.assert_allclose(got.x[i, : got.lengths[i]], expected, rtol=1e-4, atol=1e-5)
