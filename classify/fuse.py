@@ -31,11 +31,13 @@ metrics.json
                "confusion_matrix": [[..]]},
      "class_names": [..], "head": .., "seed": ..}
 
-(accuracies as fractions), plus predictions.npz (test_ids, test_proba, test_y) and settings.json.
+(accuracies as fractions), plus predictions.npz (test_ids, test_proba, test_y), fusion.joblib
+(the fitted `Fusion`, which `classify.export` puts in a model bundle) and settings.json.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 import sys
@@ -131,12 +133,12 @@ def _stack_features(P: np.ndarray) -> np.ndarray:
     return np.concatenate([np.concatenate(list(logp), axis=1), present.T.astype(float)], axis=1)
 
 
-def stack(P_val, y_val, P_test, seed: int, k: int):
+def _fit_stack(P_val, y_val, seed: int, k: int):
     """Logistic regression on validation log-probabilities; C by stratified CV on validation."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
 
-    X_val, X_test = _stack_features(P_val), _stack_features(P_test)
+    X_val = _stack_features(P_val)
     counts = np.bincount(y_val, minlength=k)
     folds = int(min(5, counts[counts > 0].min())) if len(y_val) else 0
     if folds >= 2 and (counts > 0).sum() >= 2:
@@ -145,17 +147,61 @@ def stack(P_val, y_val, P_test, seed: int, k: int):
     else:
         model = LogisticRegression(max_iter=2000, class_weight="balanced")
     model.fit(X_val, y_val)
-    proba = np.zeros((len(X_test), k))
-    proba[:, model.classes_] = model.predict_proba(X_test)
-    val_acc = float((model.predict(X_val) == y_val).mean())
-    m = P_val.shape[0]
+    return model
+
+
+def _stack_proba(model, P: np.ndarray, k: int) -> np.ndarray:
+    proba = np.zeros((P.shape[1], k))
+    if P.shape[1]:
+        proba[:, model.classes_] = model.predict_proba(_stack_features(P))
+    return proba
+
+
+def stack(P_val, y_val, P_test, seed: int, k: int):
+    """The stacking rule on validation, applied to test: (test proba, modality shares, val accuracy)."""
+    fusion = fit_fusion(P_val, y_val, "stack", [f"m{i}" for i in range(P_val.shape[0])], seed, k)
+    return fusion.apply(P_test), np.array(list(fusion.weights.values())), fusion.val_accuracy
+
+
+@dataclasses.dataclass
+class Fusion:
+    """A late-fusion rule fitted on validation: `apply(P [M, n, K]) -> [n, K]` for the
+    modalities in this order. `weights`: the mixing weights (mean, weighted) or, for stack, each
+    modality's share of the absolute coefficients (an importance). Saved in model bundles."""
+    rule: str
+    modalities: list[str]
+    weights: dict[str, float]
+    n_classes: int
+    val_accuracy: float = float("nan")
+    model: object = None  # the stacking regression
+
+    def apply(self, P: np.ndarray) -> np.ndarray:
+        if self.rule == "stack":
+            return _stack_proba(self.model, P, self.n_classes)
+        return combine(P, np.array([self.weights[m] for m in self.modalities]))
+
+
+def fit_fusion(P_val: np.ndarray, y_val: np.ndarray, rule: str, modalities: list[str], seed: int, k: int) -> Fusion:
+    """Choose the fusion on the validation split only (see the module docstring)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    m = len(modalities)
+    if rule == "mean":
+        weights = np.full(m, 1 / m)
+        val_acc = float((combine(P_val, weights).argmax(1) == y_val).mean()) if len(y_val) else float("nan")
+        return Fusion(rule, list(modalities), dict(zip(modalities, map(float, weights))), k, val_acc)
+    if rule == "weighted":
+        weights, val_acc = choose_weights(P_val, y_val)
+        return Fusion(rule, list(modalities), dict(zip(modalities, map(float, weights))), k, val_acc)
+    model = _fit_stack(P_val, y_val, seed, k)
+    val_acc = float((_stack_proba(model, P_val, k).argmax(1) == y_val).mean())
     coef = np.abs(np.atleast_2d(model.coef_))[:, : m * k].reshape(-1, m, k).sum(axis=(0, 2))
     share = coef / coef.sum() if coef.sum() > 0 else np.full(m, 1 / m)
-    return proba, share, val_acc
+    return Fusion(rule, list(modalities), dict(zip(modalities, map(float, share))), k, val_acc, model)
 
 
 def fuse_runs(runs: dict[str, RunResult], labels: Labels, rule: str = "weighted", seed: int = 0):
-    """Fuse already trained runs. Returns (metrics dict, test ids, joint test probabilities)."""
+    """Fuse already trained runs. Returns (metrics dict, test ids, joint test probabilities, Fusion)."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
     names = list(runs)
@@ -165,22 +211,16 @@ def fuse_runs(runs: dict[str, RunResult], labels: Labels, rule: str = "weighted"
     test_ids, P_test = aligned(rs, "test", labels.ids("test"))
     y_val = np.array([labels.label[i] for i in val_ids], dtype=np.int64)
     y_test = np.array([labels.label[i] for i in test_ids], dtype=np.int64)
-    if rule == "mean":
-        weights = np.full(len(names), 1 / len(names))
-        val_acc = float((combine(P_val, weights).argmax(1) == y_val).mean()) if len(y_val) else float("nan")
-        joint = combine(P_test, weights)
-    elif rule == "weighted":
-        weights, val_acc = choose_weights(P_val, y_val)
-        joint = combine(P_test, weights)
-    else:
-        joint, weights, val_acc = stack(P_val, y_val, P_test, seed, k)
+    fusion = fit_fusion(P_val, y_val, rule, names, seed, k)
+    joint = fusion.apply(P_test)
+    val_acc = fusion.val_accuracy
     metrics = classification_metrics(y_test, joint.argmax(axis=1) if len(joint) else [], labels.class_names)
-    metrics.update({"weights": {m: round(float(w), 4) for m, w in zip(names, weights)}, "rule": rule,
+    metrics.update({"weights": {m: round(float(w), 4) for m, w in fusion.weights.items()}, "rule": rule,
                     "val_accuracy": None if np.isnan(val_acc) else val_acc})
     per_modality = {m: {"accuracy": r.metrics["accuracy"], "macro_f1": r.metrics["macro_f1"], "n": r.metrics["n"]}
                     for m, r in zip(names, rs)}
     result = {"per_modality": per_modality, "joint": metrics, "class_names": labels.class_names}
-    return result, test_ids, joint
+    return result, test_ids, joint, fusion
 
 
 def fuse_name(modalities, head: str = "lstm", rule: str = "weighted", seed: int = 0) -> str:
@@ -200,9 +240,11 @@ def fuse(work, labels: Labels | str, modalities: list[str], head: str = "lstm", 
         labels = Labels.from_manifest(labels)
     if len(set(modalities)) != len(modalities) or not modalities:
         raise ValueError(f"give distinct modalities, got {modalities}")
+    import joblib
+
     store = store or FeatureStore(work)
     runs = {m: train_run(work, labels, m, head, seed, store=store) for m in modalities}
-    result, test_ids, joint = fuse_runs(runs, labels, rule, seed)
+    result, test_ids, joint, fusion = fuse_runs(runs, labels, rule, seed)
     result.update({"head": head, "seed": seed})
     final = Path(work) / "runs" / fuse_name(modalities, head, rule, seed)
     y_test = np.array([labels.label[i] for i in test_ids], dtype=np.int64)
@@ -212,6 +254,7 @@ def fuse(work, labels: Labels | str, modalities: list[str], head: str = "lstm", 
                                            "runs": {m: str(r.path) for m, r in runs.items()},
                                            "manifest": labels.digest})
         np.savez(tmp / "predictions.npz", test_ids=np.array(test_ids, dtype=str), test_proba=joint, test_y=y_test)
+        joblib.dump(fusion, tmp / "fusion.joblib")
     return FuseResult(final, result, test_ids, joint)
 
 

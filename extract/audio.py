@@ -77,7 +77,7 @@ def process(video: Video, out: Path, settings: AudioSettings) -> str | None:
     return note
 
 
-STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",))
+STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",), settings_type=AudioSettings)
 
 
 def load(work, video_id: str) -> np.ndarray | None:

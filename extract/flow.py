@@ -184,7 +184,8 @@ def group_size(settings: FlowSettings) -> int:
     return 8 if torch.cuda.is_available() else 1
 
 
-STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",), process_group=process_group, group_size=group_size)
+STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",), process_group=process_group, group_size=group_size,
+                    settings_type=FlowSettings)
 
 
 def load(work, video_id: str) -> np.ndarray:

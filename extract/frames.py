@@ -67,7 +67,7 @@ def meta(work, video_id: str) -> dict:
         return json.loads(str(z["meta"]))
 
 
-STAGE = stage.Stage(NAME, SUFFIX, process)
+STAGE = stage.Stage(NAME, SUFFIX, process, settings_type=FrameSettings)
 
 
 def load(work, video_id: str) -> np.ndarray:

@@ -59,7 +59,7 @@ def _float_or_none(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-def read_manifest(path: str | os.PathLike, require_split: bool = True) -> list[Video]:
+def read_manifest(path: str | os.PathLike, require_split: bool = True, require_label: bool = True) -> list[Video]:
     """Read and validate a manifest; relative video paths are resolved against its folder."""
     path = Path(path)
     if not path.is_file():
@@ -84,7 +84,7 @@ def read_manifest(path: str | os.PathLike, require_split: bool = True) -> list[V
                 split=(row["split"] or "").strip(), start=start, end=end,
                 text=row.get("text") or None,
             ))
-    validate(videos, require_split=require_split, source=str(path))
+    validate(videos, require_split=require_split, require_label=require_label, source=str(path))
     return videos
 
 
@@ -118,7 +118,8 @@ def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
     return path
 
 
-def validate(videos: Sequence[Video], require_split: bool = True, source: str = "manifest") -> None:
+def validate(videos: Sequence[Video], require_split: bool = True, source: str = "manifest",
+             require_label: bool = True) -> None:
     """Duplicate ids, empty ids or labels and unknown splits are errors naming their rows.
 
     Row numbers count data rows from 1 (the CSV line number is one more, for the header).
@@ -132,8 +133,8 @@ def validate(videos: Sequence[Video], require_split: bool = True, source: str = 
             problems.append(f"row {row}: duplicate id {v.id!r} (first at row {seen[v.id]})")
         else:
             seen[v.id] = row
-        if not v.label:
-            problems.append(f"row {row} ({v.id!r}): empty label")
+        if require_label and not v.label:
+            problems.append(f"row {row} ({v.id!r}): empty label (training needs one; classify.predict does not)")
         if not v.path:
             problems.append(f"row {row} ({v.id!r}): empty path")
         if v.split and v.split not in SPLITS:

@@ -495,6 +495,9 @@ class Stage:
     # `group_size(settings)` says how many videos go into one call (1: use `process`).
     process_group: Callable[[Sequence[tuple[Video, Path]], Any], list] | None = None
     group_size: Callable[[Any], int] | None = None
+    # The settings dataclass; `settings_type(**recorded)` rebuilds the settings a folder's
+    # settings.json records (classify.predict runs new videos with a model's own settings).
+    settings_type: type | None = None
 
 
 @dataclasses.dataclass

@@ -79,21 +79,24 @@ def cache_attributes(spec: Modality, backbone: backbones.Backbone, work: Path, o
     """What the cache records: the backbone's provenance, the input's settings, the version."""
     weights = "random" if backbone.checkpoint == "random" else "pretrained"
     return {**backbone.info(), "backbone": type(backbone.model).__name__, "weights": weights,
-            **spec.source.settings(work, options), "package_version": package_version()}
+            **spec.source.settings(work, options), "options": options, "package_version": package_version()}
 
 
 def extract_features(modality: str, videos: Sequence[Video], work: str | Path, weights: str = "weights",
                      device: str = "auto", batch_size: int | None = None, loaders: int = 1, seed: int = 0,
-                     progress: bool | None = None, videos_per_call: int | None = None, **options) -> dict:
+                     progress: bool | None = None, videos_per_call: int | None = None,
+                     backbone: backbones.Backbone | None = None, **options) -> dict:
     """Fill `W/features/<modality>.h5` for these videos; returns the counts for the summary line.
 
-    `options`: the modality's declared options (`pca=True`, `text_model=...`, ...)."""
+    `options`: the modality's declared options (`pca=True`, `text_model=...`, ...). `backbone`:
+    an already loaded one (classify.predict checks its checksum first); else it is loaded here."""
     started = time.perf_counter()
     work = Path(work).resolve()
     spec = modalities.get(modality)
     options = spec.resolve_options(options)
-    backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed,
-                                       batch_size=batch_size, **options)
+    if backbone is None:
+        backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed,
+                                           batch_size=batch_size, **options)
     with cache.ShardWriter(work, modality, cache_attributes(spec, backbone, work, options)) as writer:
         counts, todo, sources = _plan(spec, writer, videos, work, options)
         _embed(spec, backbone, writer, todo, sources, counts, work, options, loaders, videos_per_call, progress)

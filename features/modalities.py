@@ -115,8 +115,39 @@ class Network:
         return tuple(f for f in (self.file, self.post.file if self.post else None) if f is not None)
 
 
+class Source:
+    """Where one video's input comes from. Subclass it (or use `StageSource`, `CaptionSource`):
+    `load` is required; the rest have defaults for inputs without upstream stages."""
+    name = "input"
+    stages: tuple[str, ...] = ()       # stages whose failures leave a video without this input
+    options: tuple[Option, ...] = ()
+
+    def describe(self) -> str:
+        return self.name
+
+    def available(self, work: Path, video: Video) -> bool:
+        """Whether there is something to load (else the video is recorded as missing)."""
+        return True
+
+    def load(self, work: Path, video: Video, options: dict):
+        """The input of one video (an array, a string, ...) or `Missing(reason)`."""
+        raise NotImplementedError
+
+    def provenance(self, work: Path, video: Video, options: dict) -> dict | None:
+        """What identifies the input's version; a cached sequence made from another is redone."""
+        return None
+
+    def stale(self, work: Path, video: Video) -> str | None:
+        """Why the input no longer fits the manifest row (a failure naming what to re-run), or None."""
+        return None
+
+    def settings(self, work: Path, options: dict) -> dict:
+        """What the cache records about how the input was made."""
+        return {}
+
+
 @dataclasses.dataclass(frozen=True)
-class StageSource:
+class StageSource(Source):
     """Input = one extraction stage's output file per video (`W/<stage>/`)."""
     module: Any                                  # extract.frames / flow / audio: NAME, SUFFIX, STAGE, load
     none_means: str | None = None                # what `load` returning None means ("no audio stream")
@@ -164,32 +195,28 @@ class StageSource:
 
 
 @dataclasses.dataclass(frozen=True)
-class CaptionSource:
+class CaptionSource(Source):
     """Input = the manifest's `text` column, cleaned (`features.text.clean_caption`)."""
     options: tuple[Option, ...] = (
         Option("caption_emoji", "drop", "captions: drop emoji or keep them for the encoder", text.EMOJI_CHOICES),
         Option("caption_hashtags", "word", "captions: '#word' becomes 'word', or is dropped", text.HASHTAG_CHOICES),
     )
-    name = "text"
-    stages: tuple[str, ...] = ()
+    name = "text"  # always available: the loader decides, an empty caption is a Missing, not a failure
 
     def describe(self) -> str:
         return "manifest `text` column"
 
-    def available(self, work: Path, video: Video) -> bool:
-        return True  # the loader decides: an empty caption is a Missing, not a failure
+    @staticmethod
+    def _clean(video: Video, options: dict) -> str:
+        return text.clean_caption(video.text, emoji=options["caption_emoji"], hashtags=options["caption_hashtags"])
 
     def provenance(self, work: Path, video: Video, options: dict) -> dict:
         """The cleaned caption's SHA-1: an edited caption is embedded again."""
-        cleaned = text.clean_caption(video.text, emoji=options["caption_emoji"], hashtags=options["caption_hashtags"])
+        cleaned = self._clean(video, options)
         return {"caption_sha1": hashlib.sha1(cleaned.encode("utf-8")).hexdigest() if cleaned else None}
 
-    def stale(self, work: Path, video: Video) -> str | None:
-        return None  # the manifest is the source itself
-
     def load(self, work: Path, video: Video, options: dict):
-        cleaned = text.clean_caption(video.text, emoji=options["caption_emoji"],
-                                     hashtags=options["caption_hashtags"])
+        cleaned = self._clean(video, options)
         if cleaned:
             return cleaned
         return Missing("no caption" if not (video.text or "").strip() else "no caption (empty after cleaning)")
@@ -205,7 +232,7 @@ class Modality:
     """One feature set: `W/features/<name>.h5`, usable by every classifier and the table."""
     name: str
     summary: str                                   # one line for the docs
-    source: StageSource | CaptionSource
+    source: Source
     prepare: Callable[[Any], Any]                  # stage output -> CPU model input (features.inputs)
     network: Network
     cached: str                                    # one video's cached sequence, for the docs

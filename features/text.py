@@ -85,7 +85,9 @@ def model_location(name_or_dir: str) -> str:
 def load_encoder(name_or_dir: str = DEFAULT_MODEL, device: str = "cpu"):
     """A SentenceTransformer in eval mode; offline for packaged names and folders."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per load on stderr would bury the stage's one-line messages
     where = model_location(name_or_dir)
     offline = os.path.isdir(where)
     previous = os.environ.get("HF_HUB_OFFLINE")

@@ -72,7 +72,7 @@ def fused_halves(two_halves):
     """fuse_runs of the two modalities under each rule (stacking is the slow one: fit it once)."""
     labels, A, B = two_halves
     runs = {"A": fake_run(labels, A, "A"), "B": fake_run(labels, B, "B")}
-    return runs, {rule: fuse_runs(runs, labels, rule, seed=0) for rule in ("mean", "weighted", "stack")}
+    return runs, {rule: fuse_runs(runs, labels, rule, seed=0)[:3] for rule in ("mean", "weighted", "stack")}
 
 
 @pytest.mark.parametrize("rule", ["mean", "weighted", "stack"])
@@ -104,7 +104,7 @@ def test_test_split_chooses_nothing(two_halves, fused_halves, rule):
     # other test labels: only the test score may change
     y_test = np.array([labels.label[i] for i in labels.ids("test")])
     relabelled, _, _ = make_labels(240, 240, test_labels=(y_test + 1) % 3)
-    second, ids2, joint2 = fuse_runs(runs, relabelled, rule, seed=0)
+    second, ids2, joint2, _ = fuse_runs(runs, relabelled, rule, seed=0)
     assert second["joint"]["weights"] == first["joint"]["weights"]
     assert second["joint"]["val_accuracy"] == first["joint"]["val_accuracy"]
     assert ids1 == ids2
@@ -134,7 +134,7 @@ def test_missing_modality_fused_over_what_each_video_has(two_halves):
     without = set(labels.ids("val")[:25] + labels.ids("test")[:40])
     C = {i: p for i, p in C.items() if i not in without}
     runs = {"A": fake_run(labels, A, "A"), "B": fake_run(labels, B, "B"), "audio": fake_run(labels, C, "audio")}
-    result, test_ids, joint = fuse_runs(runs, labels, "weighted")
+    result, test_ids, joint, _ = fuse_runs(runs, labels, "weighted")
     assert result["per_modality"]["audio"]["n"] == 200
     assert result["per_modality"]["A"]["n"] == result["joint"]["n"] == len(test_ids) == 240
     w = result["joint"]["weights"]

@@ -25,20 +25,15 @@ CLASSES = ("a", "b", "c")
 N = 90
 
 
-class NpySource:
+class NpySource(modalities.Source):
     """Input = `W/toy/<id>.npy`, written by the test; a video whose file holds no rows has none."""
     name = "toy-input"
-    stages: tuple = ()
-    options: tuple = ()
 
     def __init__(self, folder: str):
         self.folder = folder
 
     def describe(self) -> str:
         return f"`W/{self.folder}/<id>.npy`"
-
-    def available(self, work, video) -> bool:
-        return True
 
     def load(self, work, video, options):
         x = np.load(Path(work) / self.folder / f"{video.id}.npy")

@@ -1,0 +1,142 @@
+"""Write a self-contained model bundle: trained heads + fusion + every setting needed to apply them.
+
+    python -m classify.export --modalities rgb,flow,audio[,text] --manifest M --work W --out MODEL_DIR
+                              [--head lstm] [--rule weighted] [--seed 0]
+
+Trains (or reuses) the runs and the fusion exactly as `classify.fuse` does, then writes:
+
+    MODEL_DIR/bundle.json        format, class names, head, rule, seed, package version, and per
+                                 modality the head's file and the feature cache's settings (network,
+                                 checkpoint name and sha256 or "random", seed, options, stage
+                                 settings or caption cleaning); the stage settings by stage
+    MODEL_DIR/heads/<m>.joblib   each modality's trained head
+    MODEL_DIR/fusion.joblib      the fitted fusion (`classify.fuse.Fusion`: rule, weights, model)
+    MODEL_DIR/card.md, card.json the model card: training manifest digest, protocol, validation and
+                                 test metrics per modality and fused, the random-weights warning
+
+`python -m classify.predict --model MODEL_DIR ...` applies it to new videos. The folder is written
+atomically (a killed export leaves no half bundle).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from classify.fuse import RULES, fuse
+from classify.heads import HEADS
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, read_json, write_json
+from classify.train import Labels, run_path
+from extract import stage
+from features import cache
+from features import modalities as registry
+from features.extract import package_version
+
+BUNDLE_FORMAT = 1
+
+
+def manifest_digest(path) -> str:
+    """SHA-256 of the training manifest file, as the card records it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def stage_settings(work, names) -> dict:
+    """The recorded settings of each stage the modalities read (`W/<stage>/settings.json`)."""
+    out = {}
+    for name in names:
+        path = stage.stage_dir(work, name) / stage.SETTINGS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the {name} stage never ran in {work}")
+        out[name] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def _card_markdown(card: dict) -> str:
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f} %"
+    lines = [f"# Model card: {'+'.join(card['modalities'])} ({card['head']} heads, {card['rule']} fusion)", ""]
+    if card["random_weights"]:
+        lines += [f"**{card['random_weights']}**", ""]
+    lines += [f"- Classes: {', '.join(card['class_names'])}",
+              f"- Training data: `{card['manifest']}` (SHA-256 {card['manifest_sha256'][:16]}..., "
+              f"{card['videos']['train']} train / {card['videos']['val']} val / {card['videos']['test']} test videos)",
+              f"- Protocol: {card['protocol']}",
+              f"- Seed: {card['seed']}; package version {card['package_version']}; exported {card['created']}",
+              "", "| model | val accuracy | test accuracy | test macro-F1 | test videos |", "|---|---|---|---|---|"]
+    for name, m in card["metrics"].items():
+        lines.append(f"| {name} | {pct(m['val_accuracy'])} | {pct(m['accuracy'])} | {pct(m['macro_f1'])} | {m['n']} |")
+    weights = ", ".join(f"{m} {w:.2f}" for m, w in card["fusion_weights"].items())
+    lines += ["", f"Fusion weights ({card['rule']}, chosen on the validation split): {weights}.", ""]
+    return "\n".join(lines)
+
+
+def export(work, manifest, modalities: list[str], out, head: str = "lstm", rule: str = "weighted",
+           seed: int = 0) -> Path:
+    """Train or reuse the runs and the fusion, and write the bundle folder `out`."""
+    labels = Labels.from_manifest(manifest)
+    result = fuse(work, labels, modalities, head, rule, seed)
+    fused = result.metrics
+    caches = {m: cache.attributes(work, m) for m in modalities}
+    stages = list(dict.fromkeys(s for m in modalities for s in registry.get(m).source.stages))
+    bundle = {
+        "format": BUNDLE_FORMAT, "package_version": package_version(), "class_names": labels.class_names,
+        "head": head, "rule": rule, "seed": seed, "modalities": list(modalities),
+        "features": {m: {"head_file": f"heads/{m}.joblib", "cache": caches[m]} for m in modalities},
+        "stages": stage_settings(work, stages),
+    }
+    runs = {m: read_json(run_path(work, m, head, seed) / "metrics.json") for m in modalities}
+    metrics = {m: {"val_accuracy": r["val"]["accuracy"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                   "n": r["n"]} for m, r in runs.items()}
+    joint = fused["joint"]
+    metrics["fused"] = {"val_accuracy": joint["val_accuracy"], "accuracy": joint["accuracy"],
+                        "macro_f1": joint["macro_f1"], "n": joint["n"]}
+    card = {
+        "modalities": list(modalities), "head": head, "rule": rule, "seed": seed, "class_names": labels.class_names,
+        "manifest": str(manifest), "manifest_sha256": manifest_digest(manifest), "labels_digest": labels.digest,
+        "videos": {s: len(labels.ids(s)) for s in ("train", "val", "test")},
+        "protocol": "the manifest's fixed train/val/test split; heads early-stopped and fusion chosen on val, "
+                    "test only scored",
+        "metrics": metrics, "fusion_weights": joint["weights"], "package_version": package_version(),
+        "random_weights": cache.random_weights_banner(work, modalities),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_dir(out) as tmp:
+        (tmp / "heads").mkdir()
+        for m in modalities:
+            shutil.copy2(run_path(work, m, head, seed) / "model.joblib", tmp / "heads" / f"{m}.joblib")
+        shutil.copy2(result.path / "fusion.joblib", tmp / "fusion.joblib")
+        write_json(tmp / "bundle.json", bundle)
+        write_json(tmp / "card.json", card)
+        (tmp / "card.md").write_text(_card_markdown(card), encoding="utf-8")
+    return Path(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classify.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modalities", required=True, help="comma-separated, e.g. rgb,flow,audio,text")
+    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    parser.add_argument("--work", default=DEFAULT_WORK)
+    parser.add_argument("--out", required=True, help="the bundle folder to write")
+    parser.add_argument("--head", default="lstm", choices=HEADS)
+    parser.add_argument("--rule", default="weighted", choices=RULES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    try:
+        out = export(args.work, args.manifest, modalities, args.out, args.head, args.rule, args.seed)
+    except Exception as exc:  # a missing cache or stage, a bad manifest, a crash: exit 2, one line
+        return stage.run_failed(exc, args.verbose)
+    print(f"wrote the model bundle {out} ({', '.join(modalities)}; {args.head} heads, {args.rule} fusion); "
+          f"card: {out / 'card.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

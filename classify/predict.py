@@ -1,0 +1,195 @@
+"""Apply a model bundle (`classify.export`) to new videos, labelled or not.
+
+    python -m classify.predict --model MODEL_DIR --manifest NEW.csv --work W2 [--jobs N]
+                               [--device auto] [--weights weights]
+
+Runs whatever stages and features are missing for NEW's videos, with the bundle's own settings
+(frames, size, resize, flow backend and bound, audio front end, caption cleaning, text model),
+then the bundle's heads and fusion, and writes `W2/predictions.csv`:
+
+    id, predicted, p_<class> (one column per class, the fused probabilities),
+    <m>_predicted, <m>_probability (each modality's own label and its probability),
+    modalities (the ones used, '+'-joined), missing ("audio: no audio stream; text: no caption")
+
+A video lacking a modality is predicted from the ones it has (the fusion renormalises over them);
+one with none gets an empty prediction and its reasons. Checkpoints are checked before anything
+is embedded: a backbone whose SHA-256 differs from the bundle's, or a work folder holding
+features made with other settings, is refused (exit 2) with the difference named. The manifest's
+`label` and `split` may be empty.
+
+Exit codes: 0 every video predicted; 1 some videos could not be (failed in a stage or have no
+modality left), the rest are predicted; 2 the run failed (bad bundle or manifest, other weights).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from classify.export import BUNDLE_FORMAT
+from extract import durable, stage
+from extract.manifest import Video, read_manifest
+from features import backbones, cache
+from features import modalities as registry
+from features.extract import extract_features, summary_line
+
+log = logging.getLogger(__name__)
+# Cache attributes that may differ between training and prediction without changing the features' meaning
+# beyond float rounding: where and in what precision the backbone ran.
+RUNTIME_ATTRS = cache.INFORMATIONAL_ATTRS | {"dtype"}
+
+
+class BundleMismatch(ValueError):
+    """The weights or settings found here are not the ones the bundle was trained with."""
+
+
+def load_bundle(folder) -> dict:
+    folder = Path(folder)
+    path = folder / "bundle.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a model bundle (no bundle.json); make one with classify.export")
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    if bundle.get("format") != BUNDLE_FORMAT:
+        raise BundleMismatch(f"{path}: bundle format {bundle.get('format')!r}, this version reads {BUNDLE_FORMAT}")
+    return bundle
+
+
+def _stage_modules() -> dict:
+    return {m.source.module.NAME: m.source.module for m in registry.all_modalities()
+            if isinstance(m.source, registry.StageSource)}
+
+
+def run_stages(bundle: dict, videos: Sequence[Video], work: Path, jobs: int) -> dict[str, stage.Summary]:
+    """Every stage the bundle's modalities read, with the bundle's recorded settings."""
+    modules = _stage_modules()
+    summaries = {}
+    for name, recorded in bundle["stages"].items():
+        module = modules[name]
+        settings = module.STAGE.settings_type(**recorded)
+        summaries[name] = stage.run_stage(module.STAGE, videos, work, settings, jobs=jobs)
+        print(summaries[name].line(work), flush=True)
+    return summaries
+
+
+def _check_cache(modality: str, expected: dict, work: Path) -> None:
+    found = cache.attributes(work, modality)
+    diff = [f"{k}: {expected.get(k)!r} in the bundle, {found.get(k)!r} here"
+            for k in sorted((set(expected) | set(found)) - RUNTIME_ATTRS) if expected.get(k) != found.get(k)]
+    if diff:
+        raise BundleMismatch(f"{modality} features in {work} differ from the bundle's: " + "; ".join(diff))
+
+
+def embed(bundle: dict, videos: Sequence[Video], work: Path, weights: str, device: str, loaders: int) -> dict:
+    """The feature stage for each modality, with the bundle's backbone, checked by checksum first."""
+    counts = {}
+    for m in bundle["modalities"]:
+        attrs = bundle["features"][m]["cache"]
+        options = attrs.get("options", {})
+        random = attrs.get("weights") == "random"
+        backbone = backbones.load_backbone(m, "random" if random else weights, device=device,
+                                           seed=attrs.get("seed") or 0, **options)
+        if backbone.sha256 != attrs["sha256"]:
+            raise BundleMismatch(
+                f"{m}: the model was trained on features of {attrs['checkpoint']} (sha256 {attrs['sha256'][:16]}...), "
+                f"but {backbone.checkpoint} here has sha256 {backbone.sha256[:16]}...; use the same weights "
+                f"(--weights DIR) or export a model trained with these")
+        counts[m] = extract_features(m, videos, work, device=device, loaders=loaders, backbone=backbone, **options)
+        print(summary_line(m, counts[m]), flush=True)
+        _check_cache(m, attrs, work)
+    return counts
+
+
+def predict_proba(bundle_dir: Path, bundle: dict, videos: Sequence[Video], work: Path):
+    """(ids, fused [n, K] with NaN rows for unpredictable videos, per-modality [M, n, K], reasons)."""
+    import joblib
+
+    ids = [v.id for v in videos]
+    index = {vid: i for i, vid in enumerate(ids)}
+    names, k = bundle["modalities"], len(bundle["class_names"])
+    P = np.full((len(names), len(ids), k), np.nan)
+    reasons: dict[str, list[str]] = {vid: [] for vid in ids}
+    for j, m in enumerate(names):
+        head = joblib.load(bundle_dir / bundle["features"][m]["head_file"])
+        feats = cache.load(work, m)
+        rows = [i for i, vid in enumerate(feats.ids) if vid in index]
+        if rows:
+            P[j, [index[feats.ids[i]] for i in rows]] = head.predict_proba(feats.x[rows], feats.lengths[rows])
+        for vid, reason in cache.missing(work, m).items():
+            if vid in reasons:
+                reasons[vid].append(f"{m}: {reason}")
+    fusion = joblib.load(bundle_dir / "fusion.joblib")
+    have = ~np.isnan(P[:, :, 0]).all(axis=0)
+    fused = np.full((len(ids), k), np.nan)
+    if have.any():
+        fused[have] = fusion.apply(P[:, have])
+    return ids, fused, P, reasons
+
+
+def predictions_csv(bundle: dict, ids, fused, P, reasons) -> str:
+    names, classes = bundle["modalities"], bundle["class_names"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "predicted", *[f"p_{c}" for c in classes],
+                     *[c for m in names for c in (f"{m}_predicted", f"{m}_probability")], "modalities", "missing"])
+    for i, vid in enumerate(ids):
+        ok = not np.isnan(fused[i, 0])
+        row = [vid, classes[int(fused[i].argmax())] if ok else "",
+               *([f"{p:.6f}" for p in fused[i]] if ok else [""] * len(classes))]
+        used = []
+        for j, m in enumerate(names):
+            if np.isnan(P[j, i, 0]):
+                row += ["", ""]
+            else:
+                used.append(m)
+                row += [classes[int(P[j, i].argmax())], f"{P[j, i].max():.6f}"]
+        writer.writerow(row + ["+".join(used), "; ".join(reasons[vid])])
+    return buf.getvalue()
+
+
+def predict(model, videos: Sequence[Video], work, jobs: int = 0, device: str = "auto",
+            weights: str = "weights", loaders: int = 1) -> dict:
+    """Stages, features, heads and fusion for `videos`; writes W/predictions.csv; returns counts."""
+    model, work = Path(model), Path(work).resolve()
+    bundle = load_bundle(model)
+    summaries = run_stages(bundle, videos, work, jobs)
+    embed(bundle, videos, work, weights, device, loaders)
+    ids, fused, P, reasons = predict_proba(model, bundle, videos, work)
+    out = work / "predictions.csv"
+    durable.atomic_write_bytes(out, predictions_csv(bundle, ids, fused, P, reasons).encode("utf-8"))
+    predicted = int((~np.isnan(fused[:, 0])).sum())
+    stage_failed = sum(s.failed for s in summaries.values())
+    return {"videos": len(ids), "predicted": predicted, "unpredictable": len(ids) - predicted,
+            "stage_failures": stage_failed, "path": str(out)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classify.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a bundle folder written by classify.export")
+    parser.add_argument("--manifest", required=True, help="the videos to predict (label and split may be empty)")
+    parser.add_argument("--work", required=True, help="work folder for their stages and features")
+    parser.add_argument("--jobs", type=int, default=0, help="videos in parallel in the stages (0: all cores)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--weights", default="weights", help="checkpoint folder (ignored for random-weight bundles)")
+    parser.add_argument("--loaders", type=int, default=1, help="DataLoader workers of the feature stage")
+    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        videos = read_manifest(args.manifest, require_split=False, require_label=False)
+        s = predict(args.model, videos, args.work, args.jobs, args.device, args.weights, args.loaders)
+    except Exception as exc:  # other weights or settings, a bad bundle or manifest, a crash: exit 2
+        return stage.run_failed(exc, args.verbose)
+    print(f"predicted {s['predicted']} of {s['videos']} videos ({s['unpredictable']} without any modality) "
+          f"-> {s['path']}")
+    return stage.EXIT_SOME_FAILED if s["unpredictable"] or s["stage_failures"] else stage.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
