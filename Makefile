@@ -41,7 +41,7 @@ GEOMETRY     := --num-frames $(FRAMES) --size $(SIZE) --resize $(RESIZE)
 # Exit code 1 (some videos failed) is reported by the stage and does not stop make.
 PARTIAL_OK   := || [ $$? -eq 1 ]
 
-.PHONY: venv test demo sample frames flow audio features weights table predict bench bench-features bench-cache bench-classify clean-demo
+.PHONY: venv test demo sample frames flow audio features weights table report predict bench bench-features bench-cache bench-classify clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -81,18 +81,23 @@ weights: $(STAMP)
 table: $(STAMP)
 	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET)
 
+# report: WORK/report/index.html, a static page of the table, figures and test videos (after make table).
+report: $(STAMP)
+	$(PY) -m classify.report --manifest $(MANIFEST) --work $(WORK)
+
 # predict: apply a bundle (python -m classify.export ... --out MODEL) to MANIFEST's videos in WORK;
 # exit 1 (some videos could not be predicted) is reported and does not stop make.
 predict: $(STAMP)
 	@test -n "$(MODEL)" || { echo "make predict needs MODEL=<bundle folder> (python -m classify.export)"; exit 2; }
 	$(PY) -m classify.predict --model $(MODEL) --manifest $(MANIFEST) --work $(WORK) --jobs $(JOBS) --device $(DEVICE) --weights $(WEIGHTS) $(PARTIAL_OK)
 
-# The demo: sample dataset -> stages -> features (random weights unless WEIGHTS holds checkpoints) -> table.
+# The demo: sample dataset -> stages -> features (random weights unless WEIGHTS holds checkpoints) -> table -> report.
 demo: $(STAMP)
 	$(PY) -m extract.sample --out $(SAMPLE)
 	$(MAKE) --no-print-directory frames flow audio $(DEMO_ARGS)
 	$(MAKE) --no-print-directory features $(DEMO_ARGS) WEIGHTS=$$( [ -f $(WEIGHTS)/rgb_imagenet.pt ] && echo $(WEIGHTS) || echo random )
 	$(MAKE) --no-print-directory table $(DEMO_ARGS)
+	$(MAKE) --no-print-directory report $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m extract.bench

@@ -1,0 +1,171 @@
+"""`make report`: one static HTML page to look at the results and at the test videos.
+
+    python -m classify.report --manifest M --work W [--out W/report]
+
+Reads what `make table` wrote (`W/table/table.md`, `table.json`, the figures) and the runs it
+used, and writes `W/report/index.html` with everything it shows beside it (figures, thumbnail
+JPEGs): it opens from disk, with no server, no network and nothing fetched from elsewhere.
+
+The page: the results table with its notes, the confusion matrices and per-class recall figures,
+the fusion weights, and a browser of the test videos of the table's largest joint model (seed
+0): a strip of 4 thumbnails from the frames stage, the caption, the true label, each modality's
+class probabilities as small bars, the fused prediction, filters (errors only, true class,
+predicted class) and sorting by confidence. The HTML comes from a Jinja2 template
+(`classify/templates/report.html.j2`, autoescaped); the page's script is a few lines of plain
+JavaScript. The folder is replaced atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, read_json
+from extract import frames, stage
+from extract.manifest import read_manifest
+from features import cache
+
+THUMBS = 4
+THUMB_SIZE = 64
+
+
+def _browser_run(table: dict) -> tuple[dict, Path]:
+    """The cell whose test videos the page shows: the ok joint cell with the most modalities."""
+    cells = [c for c in table["cells"] if c["status"] == "ok"]
+    if not cells:
+        raise ValueError("the table has no computed cell; run `make table` first")
+    joints = [c for c in cells if c["kind"] == "joint"]
+    cell = max(joints, key=lambda c: len(c["modalities"])) if joints else cells[0]
+    return cell, Path(cell["runs"][0])
+
+
+def _predictions(run: Path) -> tuple[list[str], np.ndarray]:
+    with np.load(run / "predictions.npz", allow_pickle=False) as p:
+        return p["test_ids"].tolist(), p["test_proba"]
+
+
+def _thumbnails(work: Path, video_id: str, out: Path) -> list[str]:
+    """Up to 4 small JPEGs of the stored frames, written into out/thumbs; their relative paths."""
+    import cv2
+
+    try:
+        clip = frames.load(work, video_id)
+    except Exception:  # no frames (failed or not extracted): the row says so
+        return []
+    picks = np.linspace(0, len(clip) - 1, THUMBS).round().astype(int)
+    names = []
+    for k, i in enumerate(dict.fromkeys(picks.tolist())):
+        small = cv2.resize(clip[i], (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if ok:
+            name = f"thumbs/{stage.video_key(video_id)}-{k}.jpg"
+            (out / name).write_bytes(buf.tobytes())
+            names.append(name)
+    return names
+
+
+def _bars(proba: np.ndarray, classes: list[str]) -> list[dict]:
+    top = int(np.argmax(proba))
+    return [{"name": c, "p": float(p), "top": i == top} for i, (c, p) in enumerate(zip(classes, proba))]
+
+
+def page_context(work: Path, manifest, table: dict, out: Path) -> dict:
+    """Everything the template shows; writes the thumbnails into `out`."""
+    import markdown
+
+    videos = {v.id: v for v in read_manifest(manifest)}
+    classes = table["class_names"]
+    cell, run = _browser_run(table)
+    ids, fused = _predictions(run)
+    if cell["kind"] == "joint":
+        runs = read_json(run / "settings.json")["runs"]
+        joint_metrics = read_json(run / "metrics.json")["joint"]
+    else:
+        runs = {cell["modalities"][0]: str(run)}
+        joint_metrics = read_json(run / "metrics.json")
+    per_run = {m: dict(zip(*_predictions(Path(p)))) for m, p in runs.items()}
+    missing = {m: cache.missing(work, m) if cache.exists(work, m) else {} for m in runs}
+    (out / "thumbs").mkdir()
+    rows = []
+    for vid, proba in zip(ids, fused):
+        v = videos.get(vid)
+        true = v.label if v else ""
+        pred = classes[int(np.argmax(proba))]
+        per_modality = []
+        for m in runs:
+            p = per_run[m].get(vid)
+            per_modality.append({"name": m, "bars": _bars(p, classes) if p is not None else [],
+                                 "reason": missing[m].get(vid, "not scored")})
+        rows.append({"id": vid, "true": true, "pred": pred, "confidence": float(np.max(proba)), "error": pred != true,
+                     "caption": v.text if v else None, "thumbs": _thumbnails(work, vid, out),
+                     "fused": _bars(proba, classes), "per_modality": per_modality})
+    md = (Path(work) / "table" / "table.md").read_text(encoding="utf-8")
+    if table.get("banner") and md.startswith(table["banner"]):
+        md = md[len(table["banner"]):]
+    weights = [{"name": f"{c['row']} {c['column']}", "rule": c.get("rule", ""), "weights": c["weights"]}
+               for c in table["cells"] if c["kind"] == "joint" and c["status"] == "ok"]
+    figures = []
+    for name, alt in (("confusion_joint.png", "confusion matrices of the joint models"),
+                      ("per_class_recall.png", "per-class recall by modality")):
+        src = Path(work) / "table" / name
+        if src.is_file():
+            shutil.copy2(src, out / name)
+            figures.append({"file": name, "alt": alt})
+    description = (f"{cell['row']} {cell['column']}: {'+'.join(cell['modalities'])}, {cell['head']} heads"
+                   + (f", {cell.get('rule')} fusion" if cell["kind"] == "joint" else "")
+                   + f", seed {table['seeds'][0]}; test accuracy {100 * joint_metrics['accuracy']:.2f} % on "
+                   f"{joint_metrics['n']} videos ({sum(r['error'] for r in rows)} errors).")
+    return {
+        "title": "DMVER benchmark report", "work": str(work), "manifest": str(manifest),
+        "created": time.strftime("%Y-%m-%d %H:%M"), "banner": table.get("banner"),
+        "table_html": markdown.markdown(md, extensions=["tables"]), "figures": figures,
+        "fusion_weights": weights,
+        "weight_modalities": list(dict.fromkeys(m for w in weights for m in w["weights"])),
+        "class_names": classes, "videos": rows,
+        "browser": {"name": f"{cell['row']} {cell['column']} ({'+'.join(cell['modalities'])})",
+                    "description": description, "modalities": list(runs), "run": str(run)},
+    }
+
+
+def render(context: dict) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("classify", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    return env.get_template("report.html.j2").render(**context)
+
+
+def write_report(work, manifest, out=None) -> Path:
+    """Write the report folder (atomically) and return the page's path."""
+    work = Path(work)
+    out = Path(out) if out else work / "report"
+    table_json = work / "table" / "table.json"
+    if not table_json.is_file():
+        raise FileNotFoundError(f"{table_json} is missing: run `make table` (python -m classify.table) first")
+    table = json.loads(table_json.read_text(encoding="utf-8"))
+    with atomic_dir(out) as tmp:
+        (tmp / "index.html").write_text(render(page_context(work, manifest, table, tmp)), encoding="utf-8")
+    return out / "index.html"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classify.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    parser.add_argument("--work", default=DEFAULT_WORK)
+    parser.add_argument("--out", help="report folder (default WORK/report)")
+    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
+    args = parser.parse_args(argv)
+    try:
+        page = write_report(args.work, args.manifest, args.out)
+    except Exception as exc:  # no table yet, a bad manifest, a crash: exit 2, one line
+        return stage.run_failed(exc, args.verbose)
+    print(f"wrote the report {page} (open it in a browser; it needs no server)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
