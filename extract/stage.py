@@ -392,7 +392,10 @@ def write_output(out: Path, write: Callable[[Any], None]) -> Path:
             if source is not None:
                 st = os.stat(out)
                 record = {"source": source, "output": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}
-                durable.atomic_write_bytes(source_record_path(out), json.dumps(record, sort_keys=True).encode("utf-8"))
+                # no fsync: a record lost or emptied by a power loss reads as "no source record",
+                # and the video is redone; the output itself was fsync'ed before its rename
+                durable.atomic_write_bytes(source_record_path(out), json.dumps(record, sort_keys=True).encode("utf-8"),
+                                           sync=False)
     finally:
         tmp.unlink(missing_ok=True)
     return out
