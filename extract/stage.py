@@ -301,9 +301,9 @@ def stale_reason(out: str | os.PathLike, video: Video, source: dict | None = Non
     was written), "output changed" (the file is not the one the record describes), "source
     changed" (another file, or the same file modified, or other clip bounds).
 
-    Costs a `stat` of the output and of the source and one small read: 0.7 s for 31,761 videos
-    from the page cache on the 2-core build machine. The feature stage can use it to check that
-    the stage output it reads is current."""
+    Costs a `stat` of the output and of the source and one small read: about 1 s for 31,761
+    videos from the page cache on the 2-core build machine (`python -m extract.bench_reliability`).
+    The feature stage can use it to check that the stage output it reads is current."""
     out = os.fspath(out)
     try:
         st = os.stat(out)
