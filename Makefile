@@ -12,7 +12,7 @@
 #
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
 # the targets below carry on past that so one broken video does not stop a 31,761-video run,
-# and stop on anything worse (exit 2: nothing ran).
+# and stop on anything worse (exit 2: nothing ran, or the run itself failed).
 
 PYTHON_BOOT  ?= python3
 VENV         := .venv

@@ -139,29 +139,34 @@ def publish(tmp: str | os.PathLike, target: str | os.PathLike, sync_dir: bool = 
 
 
 @contextlib.contextmanager
-def open_temp(target: str | os.PathLike) -> Iterator[tuple[Any, Path]]:
+def open_temp(target: str | os.PathLike, sync: bool = True) -> Iterator[tuple[Any, Path]]:
     """`(file, temp path)` open for binary writing beside `target`; flushed and fsync'ed on exit.
 
     The caller renames it (`publish`) when it wants the file to appear; on an exception the
-    temporary is removed."""
+    temporary is removed. `sync=False` skips the fsync: only for files whose loss or emptiness
+    after a power loss a reader detects and repairs by itself (see `atomic_write`)."""
     tmp = temp_path(target)
     try:
         with open(tmp, "wb") as f:
             yield f, tmp
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write(target: str | os.PathLike, write: Callable[[Any], None], sync_dir: bool = False) -> Path:
+def atomic_write(target: str | os.PathLike, write: Callable[[Any], None], sync_dir: bool = False,
+                 sync: bool = True) -> Path:
     """Call `write(file_object)` on a temporary file beside `target`, fsync it, rename it into place.
 
     With `sync_dir` the folder is fsync'ed after the rename too, so that after a power loss the
-    file is there under its name, not only intact if it is there."""
+    file is there under its name, not only intact if it is there. `sync=False` (no fsync at
+    all) is for files whose every reader treats an empty, unparsable or missing file as absent
+    and remakes it, such as the stages' provenance records: there an fsync buys nothing."""
     target = Path(target)
-    with open_temp(target) as (f, tmp):
+    with open_temp(target, sync) as (f, tmp):
         write(f)
     try:
         return publish(tmp, target, sync_dir)
@@ -170,5 +175,5 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Any], None], sync_d
         raise
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes, sync_dir: bool = False) -> Path:
-    return atomic_write(target, lambda f: f.write(data), sync_dir=sync_dir)
+def atomic_write_bytes(target: str | os.PathLike, data: bytes, sync_dir: bool = False, sync: bool = True) -> Path:
+    return atomic_write(target, lambda f: f.write(data), sync_dir=sync_dir, sync=sync)

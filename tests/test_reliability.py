@@ -404,7 +404,7 @@ def test_case10_stage_writes_are_fsynced_before_the_rename(media_dir, tmp_path, 
     log.check(folder / "failures.csv", folder_too=True)
     out = stage.output_path(tmp_path, "frames", "x", ".npz")
     log.check(out, folder_too=False)
-    log.check(stage.source_record_path(out), folder_too=False)
+    assert stage.read_source_record(out)["source"]["path"] == str((media_dir / "a.mp4").resolve())
     log.check(stage.atomic_write(tmp_path / "plain.bin", lambda f: f.write(b"1")), folder_too=False)
 
 
@@ -476,3 +476,17 @@ def test_decoding_command_lines_come_from_ffmpeg_python():
     assert cmd[cmd.index("-i") + 1] == "a b/é.mp4" and cmd[-1] == "pipe:1"
     a = media.audio_command("x.mkv", 2, 44100)
     assert a[a.index("-map") + 1] == "0:a:0" and a[a.index("-acodec") + 1] == "pcm_f32le"
+
+
+def test_bench_reliability_measures_both_costs(media_dir, tmp_path):
+    m = manifest.write_manifest(tmp_path / "m.csv", [_video("a", media_dir / "a.mp4"), _video("b", media_dir / "b.mp4")])
+    from extract import bench_reliability
+
+    assert bench_reliability.main(["--manifest", str(m), "--out", str(tmp_path / "out"), "--repeats", "1",
+                                   "--records", "40"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    d = report["durable_writes"]
+    assert d["videos"] == 2 and len(d["seconds"]["fsync"]) == len(d["seconds"]["no fsync"]) == 1
+    assert d["median_fsync"] > 0 and d["median_no_fsync"] > 0
+    assert report["provenance"]["records"] == 40 and report["provenance"]["best_seconds"] > 0
+    assert not (tmp_path / "out" / "work").exists()
