@@ -561,12 +561,6 @@ class Summary:
 Result = tuple
 
 
-def _run_one(stage: Stage, video: Video, out_path: Path, settings: Any, threads: int,
-             claimed: dict | None = None, parent: int | None = None) -> Result:
-    """Worker side: one video. Any exception becomes that video's recorded failure, never the run's."""
-    return _run_batch(stage, [(video, out_path)], settings, threads, claimed, parent)[0]
-
-
 def _run_single(stage: Stage, task: _Task, video: Video, out_path: Path, settings: Any) -> Result:
     started = time.perf_counter()
     with for_output(out_path):
