@@ -114,6 +114,13 @@ def shard_name(video_id: str) -> str:
     return f"{slug}-{digest}" if slug else digest
 
 
+def shard_files(folder: str | os.PathLike) -> list[Path]:
+    """The published shards of a shard folder (temporaries, whose names start with '.', excluded)."""
+    if not os.path.isdir(folder):
+        return []
+    return [Path(e.path) for e in os.scandir(folder) if e.name.endswith(".npy") and not e.name.startswith(".")]
+
+
 def exists(work: str | os.PathLike, modality: str) -> bool:
     return cache_path(work, modality).is_file()
 
@@ -197,10 +204,6 @@ class ShardWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def _has_shards(self) -> bool:
-        return any(e.name.endswith((".npy", ".missing.json")) and not e.name.startswith(_TMP_PREFIX)
-                   for e in os.scandir(self.dir))
 
     def _paths(self, video_id: str) -> tuple[Path, Path]:
         if not isinstance(video_id, str) or not video_id:

@@ -111,11 +111,11 @@ def test_killed_text_run_resumes_to_the_same_cache(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = cache.shard_dir(tmp_path / "killed", "text")
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(shards.glob("*.npy"))) < 3:
+    while time.monotonic() < deadline and len(cache.shard_files(shards)) < 3:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(shards.glob("*.npy")))
+    done = len(cache.shard_files(shards))
     assert 0 < done < len(videos), "the kill should land mid-run"
     runs = {w: subprocess.run([*args, "--work", str(tmp_path / w)], cwd=ROOT, capture_output=True, text=True)
             for w in ("killed", "clean")}
