@@ -496,10 +496,11 @@ del _m
 
 def markdown_table() -> str:
     """The README's modality table, generated from the registry."""
-    lines = ["| modality | input | backbone | weights | cached per video |", "|---|---|---|---|---|"]
+    lines = ["| modality | input | backbone | weights | cached per video | in `make features` |",
+             "|---|---|---|---|---|---|"]
     for m in _REGISTRY.values():
         lines.append(f"| `{m.name}` | {m.source.describe()} | {m.summary} (`{m.network.name}`) | "
-                     f"{m.weights_text()} | {m.cached} |")
+                     f"{m.weights_text()} | {m.cached} | {'yes' if m.default else 'by name'} |")
     return "\n".join(lines) + "\n"
 
 
