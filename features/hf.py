@@ -19,7 +19,8 @@ then goes through `features.checkpoints.load_strict` (every key and shape, no Na
 * a wrapper's prefix is stripped when the file has it: `wav2vec2.` (facebook/wav2vec2-base is
   saved as `Wav2Vec2ForPreTraining`), `hubert.`;
 * weight-norm tensors saved as `weight_g` / `weight_v` (older torch) are the
-  `parametrizations.weight.original0` / `original1` of the model's parametrised convolution;
+  `parametrizations.weight.original0` / `original1` of the model's parametrised convolution
+  (and the other way round when an older transformers builds the model with `weight_g`);
 * parts the feature extractor does not use are declared per file and dropped: the pre-training
   heads (`quantizer.`, `project_hid.`, `project_q.`), and CLIP's text tower (`text_model.`,
   `text_projection.`, `logit_scale`) when the image tower is loaded;
@@ -69,6 +70,10 @@ _SPEECH_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=1
 WAV2VEC2_BASE = dict(_SPEECH_BASE)
 HUBERT_BASE = dict(_SPEECH_BASE, feat_proj_layer_norm=True)
 
+_WEIGHT_NORM_NAMES = ((".weight_g", ".parametrizations.weight.original0"),
+                      (".weight_v", ".parametrizations.weight.original1"),
+                      (".parametrizations.weight.original0", ".weight_g"),
+                      (".parametrizations.weight.original1", ".weight_v"))
 PRETRAINING_HEADS = ("quantizer.", "project_hid.", "project_q.", "final_proj.", "label_embs_concat")
 CLIP_TEXT_TOWER = ("text_model.", "text_projection.", "logit_scale")
 
@@ -109,10 +114,11 @@ def adapt_state(state: dict[str, torch.Tensor], model: nn.Module, path, prefixes
                 raise CheckpointError(f"checkpoint {path}: {key} is not 0..{value.numel() - 1}")
             if name not in expected:
                 continue
-        if name.endswith(".weight_g"):
-            name = name[: -len("weight_g")] + "parametrizations.weight.original0"
-        elif name.endswith(".weight_v"):
-            name = name[: -len("weight_v")] + "parametrizations.weight.original1"
+        if name not in expected:   # weight norm saved the other way than this torch/transformers builds it
+            for old, new in _WEIGHT_NORM_NAMES:
+                if name.endswith(old) and name[: -len(old)] + new in expected:
+                    name = name[: -len(old)] + new
+                    break
         if name in out:
             raise CheckpointError(f"checkpoint {path}: {key} and another key both name {name}")
         out[name] = value
