@@ -7,7 +7,8 @@
 #   RESIZE    crop (I3D protocol) | squash (published)          FLOW_BACKEND  opencv | torch | auto
 #   WEIGHTS   checkpoint folder, or `random`                    SEEDS    seeds per table cell (5)
 #   DATASET   dmver | iemocap | music-video | other (which published numbers the table shows)
-#   MODALITIES  feature sets for `make features` (default: every registered one)
+#   MODALITIES  feature sets for `make features` (default: `python -m features.extract --names`)
+#   NAMES     checkpoints for `make weights` by file name or alias, e.g. "r2plus1d clip wav2vec2"
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
 #
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
@@ -75,8 +76,9 @@ features: $(STAMP)
 	  $(PY) -m features.extract --modality $$m --manifest $(MANIFEST) --work $(WORK) --weights $(WEIGHTS) --device $(DEVICE) $(FEATURE_ARGS) $(PARTIAL_OK) || exit $$?; \
 	done
 
+# weights: the checkpoints of `make features`; NAMES="r2plus1d clip ..." fetches those (file names or aliases).
 weights: $(STAMP)
-	$(PY) -m features.weights --out $(WEIGHTS)
+	$(PY) -m features.weights --out $(WEIGHTS) $(if $(NAMES),--only $(NAMES))
 
 table: $(STAMP)
 	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET)

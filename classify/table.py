@@ -10,9 +10,11 @@ the seed's three rows, as in the DMVER README:
     I3D            RGB = rgb, Flow/Audio = flow,  Joint = late fusion of rgb + flow
     Audio+I3D      RGB = rgb, Flow/Audio = audio, Joint = late fusion of rgb + flow + audio
 
-and beyond them, in a table of their own marked as not published: Text (the caption alone)
-and All modalities (rgb + flow + audio + text fused). `--extra-rows auto` (default) shows the
-extra rows whose modalities all have a cache. The footer's column notes are generated from the
+and beyond them, in a table of their own marked as not published: Text (the caption alone),
+All modalities (rgb + flow + audio + text fused), and the newer backbones, each alone in its
+column: R(2+1)D, S3D and CLIP (RGB = r2plus1d, s3d, clip), wav2vec 2.0 and HuBERT (Flow/Audio =
+wav2vec2, hubert). `--extra-rows auto` (default) shows the extra rows whose modalities all have a
+cache; `--extra-rows "R(2+1)D,HuBERT"` names them (a named row without its cache gives n/a cells). The footer's column notes are generated from the
 rows and the modality registry.
 
 Every cell is the test accuracy (and macro-F1) as mean +- std over seeds 0..SEEDS-1; seed S of
@@ -71,6 +73,12 @@ SEED_ROWS = (
 EXTRA_ROWS = (
     Row("Text", {"Text": ("text",)}, published=False),
     Row("All modalities", {"Joint": ("rgb", "flow", "audio", "text")}, published=False),
+    # newer backbones (issue 13; extracted by name, not by `make features`)
+    Row("R(2+1)D", {"RGB": ("r2plus1d",)}, published=False),
+    Row("S3D", {"RGB": ("s3d",)}, published=False),
+    Row("CLIP", {"RGB": ("clip",)}, published=False),
+    Row("wav2vec 2.0", {"Flow/Audio": ("wav2vec2",)}, published=False),
+    Row("HuBERT", {"Flow/Audio": ("hubert",)}, published=False),
 )
 
 # Published top-1 test accuracy in percent, from FACTS.md section 2 (the seed README's table),

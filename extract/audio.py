@@ -1,12 +1,25 @@
-"""Audio stage: VGGish log-mel examples per video.
+"""Audio stage: VGGish log-mel examples and the 16 kHz waveform per video.
 
 `python -m extract.audio --manifest M --work W` writes `W/audio/<key>.npz` with `examples`,
-float32 `[N, 96, 64]`, and two flags: `has_audio` (False when the file has no audio stream:
-recorded as missing audio, not as a failure) and `padded` (True when the audio was shorter than
-one 0.96 s example and was zero-padded to one). The front end is `log_mel_examples`
-(extract/logmel.py, FACTS.md section 4); the first audio stream is decoded by FFmpeg at its
-own rate and channels, and mixed to mono and resampled to 16 kHz by the front end.
-`load(work, video_id)` returns the examples, or None for a video without audio.
+float32 `[N, 96, 64]`, the waveform `waveform_flac` and two flags: `has_audio` (False when the
+file has no audio stream: recorded as missing audio, not as a failure) and `padded` (True when
+the audio was shorter than one 0.96 s example and was zero-padded to one). The front end is
+`log_mel_examples` (extract/logmel.py, FACTS.md section 4); the first audio stream is decoded by
+FFmpeg at its own rate and channels, mixed to mono and resampled to 16 kHz (libsoxr HQ) once;
+the log-mels are computed from that signal.
+
+The waveform models (wav2vec 2.0, HuBERT: `features.modalities`) need the signal itself, so the
+same 16 kHz mono signal is kept, compactly: 16-bit PCM (samples clipped to [-1, 1], rounded to
+1/32767) in a FLAC stream (lossless, about half the size of raw 16-bit), stored as the bytes
+`waveform_flac` inside the same `.npz`. 15 s of audio cost about 0.25 MB instead of 0.96 MB of
+float32; the log-mels are unchanged.
+
+`load(work, video_id)` returns the examples, `load(work, video_id, kind="waveform")` the
+float32 waveform `[n]` at 16 kHz (unpadded, as decoded); both None for a video without audio.
+An output written before waveforms were kept raises `OutdatedOutput` for `kind="waveform"`
+(one line: run the audio stage again), and the stage redoes such outputs on its next run
+(`redone N (no waveform)` in its summary line; `outdated` checks the zip's directory, one small
+read per video).
 
 Audio holding NaN or infinite samples (a damaged or hand-made float track) is that video's
 failure ("non-finite log-mel"), never stored: non-finite values stop where they enter. Decoded
@@ -16,18 +29,48 @@ as decoded, with a row in `W/audio/warnings.csv`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from extract import media, stage
+from extract import logmel
 from extract.logmel import log_mel_examples, log_mel_examples_padded  # noqa: F401  (the front end's public name)
 from extract.manifest import Video
 
 NAME, SUFFIX = "audio", ".npz"
 NO_AUDIO_NOTE = "without an audio stream (recorded as missing audio)"
 PADDED_NOTE = "with audio shorter than 0.96 s (zero-padded to one example)"
+WAVEFORM_RATE = logmel.SAMPLE_RATE   # 16 kHz
+KINDS = ("log_mel", "waveform")
+NO_WAVEFORM = "no waveform"          # why an output of an earlier version is redone
+
+
+class OutdatedOutput(ValueError):
+    """An audio output written before the stage kept waveforms."""
+
+
+def encode_waveform(x16k: np.ndarray) -> np.ndarray:
+    """float 16 kHz mono signal -> the bytes (uint8 array) of a 16-bit FLAC stream."""
+    import soundfile
+
+    pcm = np.round(np.clip(np.asarray(x16k, np.float64), -1.0, 1.0) * 32767.0).astype(np.int16)
+    buf = io.BytesIO()
+    soundfile.write(buf, pcm, WAVEFORM_RATE, format="FLAC", subtype="PCM_16")
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def decode_waveform(data: np.ndarray) -> np.ndarray:
+    """`encode_waveform`'s bytes -> float32 `[n]` in [-1, 1] (the int16 samples / 32767)."""
+    import soundfile
+
+    pcm, rate = soundfile.read(io.BytesIO(np.asarray(data, np.uint8).tobytes()), dtype="int16")
+    if rate != WAVEFORM_RATE:
+        raise ValueError(f"stored waveform is at {rate} Hz, expected {WAVEFORM_RATE}")
+    return pcm.astype(np.float32) / np.float32(32767.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,29 +111,55 @@ def process(video: Video, out: Path, settings: AudioSettings) -> str | None:
             kind = "truncated or damaged" if decoded < declared else "container understates the length"
             stage.warn(f"{kind}: the container declares {declared:.2f} s of audio, {decoded:.2f} s decode; "
                        f"the examples cover the {decoded:.2f} s decoded")
-        examples, padded = log_mel_examples_padded(waveform, rate, pad_short=True)
+        x16k = logmel.resample(logmel.to_mono(waveform), rate)   # what the front end would do itself
+        examples, padded = log_mel_examples_padded(x16k, WAVEFORM_RATE, pad_short=True)
         if not np.isfinite(examples).all():
             raise ValueError("non-finite log-mel: the front end produced NaN or infinite values; nothing stored")
+        flac = encode_waveform(x16k)
         note = PADDED_NOTE if padded else None
+    if not info.has_audio:
+        flac = np.zeros(0, np.uint8)
     stage.write_output(out, lambda f: np.savez(f, examples=examples, has_audio=np.bool_(info.has_audio),
-                                               padded=np.bool_(padded)))
+                                               padded=np.bool_(padded), waveform_flac=flac))
     return note
 
 
-STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",), settings_type=AudioSettings)
+def outdated(out: Path) -> str | None:
+    """Why a current output must still be redone: written before waveforms were kept."""
+    try:
+        with zipfile.ZipFile(out) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None  # not this check's business: the feature stage reports an unreadable output
+    return None if "waveform_flac.npy" in names else NO_WAVEFORM
 
 
-def load(work, video_id: str) -> np.ndarray | None:
-    """float32 `[N, 96, 64]` log-mel examples of one video, or None when it has no audio."""
+STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",), settings_type=AudioSettings, outdated=outdated)
+
+
+def load(work, video_id: str, kind: str = "log_mel") -> np.ndarray | None:
+    """One video's audio, or None when it has no audio stream.
+
+    kind "log_mel" (default): float32 `[N, 96, 64]` log-mel examples; "waveform": float32 `[n]`,
+    the 16 kHz mono signal."""
+    if kind not in KINDS:
+        raise ValueError(f"audio.load: kind must be one of {KINDS}, got {kind!r}")
     path = stage.output_path(work, NAME, video_id, SUFFIX)
     if not path.is_file():
         raise FileNotFoundError(f"no audio features for {video_id!r} in {Path(work) / NAME} (run the audio stage first)")
     with np.load(path) as z:
-        return z["examples"] if bool(z["has_audio"]) else None
+        if not bool(z["has_audio"]):
+            return None
+        if kind == "log_mel":
+            return z["examples"]
+        if "waveform_flac" not in z.files:
+            raise OutdatedOutput(f"the audio output of {video_id!r} was written before the audio stage kept "
+                                 f"waveforms; run the audio stage again (it redoes such outputs)")
+        return decode_waveform(z["waveform_flac"])
 
 
 def main(argv=None) -> int:
-    parser = stage.stage_parser(NAME, "VGGish log-mel examples [N, 96, 64] per video.")
+    parser = stage.stage_parser(NAME, "VGGish log-mel examples [N, 96, 64] and the 16 kHz waveform per video.")
     args = parser.parse_args(argv)
     return stage.run_command(STAGE, args, AudioSettings(timeout=args.timeout))
 

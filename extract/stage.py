@@ -518,6 +518,10 @@ class Stage:
     # The settings dataclass; `settings_type(**recorded)` rebuilds the settings a folder's
     # settings.json records (classify.predict runs new videos with a model's own settings).
     settings_type: type | None = None
+    # Optional: why an output that is current for its source must still be redone, because an
+    # earlier version of the stage wrote less than this one does (the audio stage's "no
+    # waveform"), or None. Called on every kept output at the start of a run.
+    outdated: Callable[[Path], str | None] | None = None
 
 
 @dataclasses.dataclass
@@ -670,6 +674,8 @@ def _run_claimed(stage: Stage, videos: Sequence[Video], work: Path, folder: Path
     for v in videos:
         out = output_path(work, stage.name, v.id, stage.suffix)
         state = stale_reason(out, v)
+        if state is None and stage.outdated is not None:
+            state = stage.outdated(out)
         if state is None:
             summary.skipped += 1
             kept.add(v.id)

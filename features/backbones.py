@@ -23,7 +23,8 @@ always float32 numpy arrays. On the CPU everything stays float32.
 Weights: `weights` is a folder holding the network's checkpoint (`make weights` fetches them),
 or 'random' for a seeded random initialisation (deterministic for a given `seed`; convolutions
 and linear layers Kaiming-normal (fan-in, ReLU gain) with zero biases so activations keep their
-scale through the depth, BatchNorm at identity). A missing file raises `MissingWeightsError`
+scale through the depth, BatchNorm at identity; networks from torchvision and transformers
+declared `own_init` keep their library constructor's initialisation instead, seeded the same way). A missing file raises `MissingWeightsError`
 naming the file, its URL and the folder to put it in. A network whose weights ship inside a
 Python package (the text encoder) ignores `weights`: it has no random variant and is always
 the real model.
@@ -91,7 +92,8 @@ def random_model(modality: Modality, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = modality.network.build()
-        _random_init(model)
+        if not modality.network.own_init:
+            _random_init(model)
     return model
 
 

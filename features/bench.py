@@ -1,6 +1,7 @@
 """Benchmark: seconds and megabytes per video of every stage and backbone on sample videos.
 
     python -m features.bench [--videos 6] [--num-frames 79] [--size 224] [--out work/bench-features]
+    python -m features.bench --modalities r2plus1d s3d clip wav2vec2 hubert   # backbones outside make features
 
 Takes the first `--videos` videos of the sample dataset (generated into `data/sample` when
 missing), runs the frames, flow and audio stages on them with all cores (`--jobs 0`, as `make
@@ -14,6 +15,10 @@ weights cost exactly what the pretrained ones cost). Reports per video:
   the network runs. Caption modalities (text) are timed on `--captions` captions (1,000 by
   default) from the sample generator instead: seconds per caption, times 1,000, is the README's
   "seconds per 1,000 captions".
+
+`--modalities` picks the feature sets (default: those `make features` runs; `--all`: every
+registered one); only the stages they read are run (e.g. frames and audio for the clip and
+speech models, no flow).
 
 Every run starts from an empty work folder so nothing is reused. Prints a table and writes
 `OUT/bench_features.json`. `make bench-features` runs the defaults (79 frames at 224 px).
@@ -51,8 +56,17 @@ def caption_videos(n: int) -> list:
             for i, p in enumerate(plans)]
 
 
+def stages_for(names: list[str]) -> list:
+    """The stage modules the given modalities read (and their upstream stages), in pipeline order."""
+    needed = {s for n in names for s in modalities.get(n).source.stages}
+    return [m for m in STAGES if m.NAME in needed]
+
+
 def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, flow_backend: str = "opencv",
-        captions: int = 1000) -> dict:
+        captions: int = 1000, names: list[str] | None = None) -> dict:
+    names = list(names) if names else modalities.names(default_only=True)
+    for n in names:
+        modalities.get(n)  # an unknown name fails before any work
     if not (sample_dir / "manifest.csv").is_file():
         sample.main(["--out", str(sample_dir)])
     chosen = read_manifest(sample_dir / "manifest.csv")[:videos]
@@ -63,7 +77,7 @@ def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, fl
     common = ["--manifest", str(manifest), "--work", str(work), "--jobs", "0"]
     geometry = ["--num-frames", str(num_frames), "--size", str(size)]
     rows = []
-    for module in STAGES:
+    for module in stages_for(names):
         argv = common + ([] if module is audio else geometry) + (["--flow-backend", flow_backend] if module is flow else [])
         t = time.perf_counter()
         code = module.main(argv)
@@ -72,7 +86,7 @@ def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, fl
         rows.append({"step": module.NAME, "kind": "stage", "exit_code": code, "videos": done,
                      "seconds_per_video": seconds / max(done, 1),
                      "mb_per_video": _megabytes(stage.stage_dir(work, module.NAME), module.SUFFIX) / max(done, 1)})
-    for modality in modalities.names(default_only=True):
+    for modality in names:
         # videos for stage inputs; a set of `captions` captions for the manifest's text column
         items = chosen if isinstance(modalities.get(modality).source, StageSource) else caption_videos(captions)
         backbones.load_backbone(modality, weights="random", device="cpu")      # imports, first-touch costs
@@ -90,12 +104,12 @@ def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, fl
 def table(result: dict) -> str:
     lines = [f"{result['videos']} sample videos, {result['num_frames']} frames at {result['size']} px, "
              f"{result['cpus']} cores, {result['date']} (load average {result['load_average'][0]:.1f})",
-             f"{'step':<8}{'kind':<10}{'s/video':>9}{'MB/video':>10}  note"]
+             f"{'step':<9}{'kind':<10}{'s/video':>9}{'MB/video':>10}  note"]
     for r in result["rows"]:
         mb = f"{r['mb_per_video']:.2f}" if r["mb_per_video"] is not None else "-"
         note = (f"{r['videos']} items, includes loading the model once, {r['model_load_seconds']:.1f} s"
                 if r["kind"] == "features" else f"exit {r['exit_code']}")
-        lines.append(f"{r['step']:<8}{r['kind']:<10}{r['seconds_per_video']:>9.2f}{mb:>10}  {note}")
+        lines.append(f"{r['step']:<9}{r['kind']:<10}{r['seconds_per_video']:>9.2f}{mb:>10}  {note}")
     return "\n".join(lines)
 
 
@@ -106,11 +120,16 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--flow-backend", default="opencv", choices=("opencv", "torch"))
     parser.add_argument("--captions", type=int, default=1000, help="captions for the text modality's figure")
+    parser.add_argument("--modalities", nargs="+", metavar="NAME",
+                        help="feature sets to time (default: those of make features): " + ", ".join(modalities.names()))
+    parser.add_argument("--all", action="store_true", help="every registered feature set")
     parser.add_argument("--sample", default="data/sample", help="sample dataset folder (generated when missing)")
     parser.add_argument("--out", default="work/bench-features")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    result = run(args.videos, args.num_frames, args.size, out, Path(args.sample), args.flow_backend, args.captions)
+    names = modalities.names() if args.all else args.modalities
+    result = run(args.videos, args.num_frames, args.size, out, Path(args.sample), args.flow_backend, args.captions,
+                 names)
     print(table(result))
     (out / "bench_features.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out / 'bench_features.json'}")

@@ -193,7 +193,7 @@ def summary_line(modality: str, s: dict) -> str:
 def listing(weights: str | Path = "weights") -> str:
     """Every registered modality: input, backbone, dimension, weights and whether they are here."""
     folder = Path(weights)
-    rows = [("name", "input", "backbone", "dim", "weights", "present")]
+    rows = [("name", "input", "backbone", "dim", "make features", "weights", "present")]
     for m in modalities.all_modalities():
         net = m.network
         if net.packaged is not None:
@@ -210,7 +210,8 @@ def listing(weights: str | Path = "weights") -> str:
         else:
             where = f"{folder / net.file.name} <- {net.file.url}"
             present = "yes" if (folder / net.file.name).is_file() else "no"
-        rows.append((m.name, m.source.describe().replace("`", ""), net.name, str(net.dim), where, present))
+        rows.append((m.name, m.source.describe().replace("`", ""), net.name, str(net.dim),
+                     "yes" if m.default else "no (by name)", where, present))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 

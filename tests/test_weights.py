@@ -74,11 +74,19 @@ def test_url_table_is_the_published_one():
         "vggish-10086976.pth": "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
         PCA: "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish_pca_params-970ea276.pth",
         "resnet18-f37072fd.pth": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        "r2plus1d_18-91a641e6.pth": "https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth",
+        "s3d-d76dad2f.pth": "https://download.pytorch.org/models/s3d-d76dad2f.pth",
+        "clip-vit-base-patch32.bin": "https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/pytorch_model.bin",
+        "wav2vec2-base.bin": "https://huggingface.co/facebook/wav2vec2-base/resolve/main/pytorch_model.bin",
+        "hubert-base-ls960.bin": "https://huggingface.co/facebook/hubert-base-ls960/resolve/main/pytorch_model.bin",
     }
 
 
 def test_names_and_aliases():
-    assert resolve_names(None) == list(weights.URLS)
+    # by default the checkpoints of `make features`; the backbones outside it by name (or --all)
+    assert resolve_names(None) == ["rgb_imagenet.pt", "flow_imagenet.pt", "vggish-10086976.pth", PCA,
+                                   "resnet18-f37072fd.pth"]
+    assert resolve_names(None, everything=True) == list(weights.URLS)
     assert resolve_names(["flow", "rgb_imagenet.pt", "i3d_flow"]) == ["flow_imagenet.pt", "rgb_imagenet.pt"]
     assert resolve_names(["rgb2d", "pca", "audio"]) == ["resnet18-f37072fd.pth", PCA, "vggish-10086976.pth"]
     with pytest.raises(ValueError, match="unknown weight file 'bogus'"):
@@ -176,8 +184,8 @@ def test_offline_fails_at_once_with_instructions(tmp_path, capsys):
     assert code == 1 and time.monotonic() - start < 10
     err = capsys.readouterr().err
     assert "could not download rgb_imagenet.pt" in err and "by hand" in err and "--weights random" in err
-    for name, url in urls.items():  # every file still to fetch, its URL and where it goes
-        assert url in err and str(out / name) in err
+    for name in resolve_names(None):  # every file still to fetch, its URL and where it goes
+        assert urls[name] in err and str(out / name) in err
     assert not out.exists() or _leftovers(out) == []
 
 
