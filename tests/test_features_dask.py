@@ -122,35 +122,61 @@ def test_batches_are_published_under_the_claim_and_refused_after_a_reclaim(datas
     assert not list(cache.shard_dir(here, "audio").glob("*.npy"))
 
 
+def _kill_a_worker_when_the_first_shard_lands(shards: Path, pids: dict) -> threading.Thread:
+    def kill():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(shards.glob("*.npy")):
+            time.sleep(0.005)
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        killer.killed = True
+
+    killer = threading.Thread(target=kill)
+    killer.killed = False
+    killer.start()
+    return killer
+
+
 def test_a_worker_killed_mid_run_loses_only_its_batch(dataset, cluster, tmp_path):
     from dask.distributed import Client
 
     _, _, w, rows = dataset
     extract_features("rgb", rows, w, weights="random", device="cpu", loaders=0)
     here = _copy_stages(w, tmp_path / "work")
-    shards = cache.shard_dir(here, "rgb")
     with Client(cluster.scheduler_address) as client:
         pids = client.run(os.getpid)
-    killed = []
-
-    def kill_one_when_the_first_shard_lands():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(shards.glob("*.npy")):
-            time.sleep(0.005)
-        pid = next(iter(pids.values()))
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
-
-    killer = threading.Thread(target=kill_one_when_the_first_shard_lands)
-    killer.start()
+    killer = _kill_a_worker_when_the_first_shard_lands(cache.shard_dir(here, "rgb"), pids)
     s = extract_features("rgb", rows, here, weights="random", device="cpu", backend="dask",
                          scheduler=cluster.scheduler_address, task_videos=2)
     killer.join()
-    assert killed, "the worker should have been killed mid-run"
+    assert killer.killed, "the worker should have been killed mid-run"
     assert s["done"] + s["failed"] + s["missing"] == len(rows) and s["skipped"] == 0
     _same_cache(w, here, "rgb")
     with Client(cluster.scheduler_address) as client:  # the nanny restarted it: two workers again
         client.wait_for_workers(2, timeout=60)
+
+
+def test_a_batch_lost_for_good_fails_the_run_and_the_rerun_finishes_it(dataset, cluster, tmp_path):
+    """With Dask allowed no retry, the killed worker's batch is lost: exit 2's error names it, the
+    other batches are stored, and the next run does only the lost videos."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    _, _, w, rows = dataset
+    extract_features("rgb2d", rows, w, weights="random", device="cpu", loaders=0)
+    here = _copy_stages(w, tmp_path / "work")
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as strict, \
+            Client(strict) as client:
+        killer = _kill_a_worker_when_the_first_shard_lands(cache.shard_dir(here, "rgb2d"), client.run(os.getpid))
+        with pytest.raises(distributed.BatchesLost, match="run again to finish them"):
+            extract_features("rgb2d", rows, here, weights="random", device="cpu", backend="dask",
+                             scheduler=strict.scheduler_address, task_videos=2)
+        killer.join()
+    assert not cache.cache_path(here, "rgb2d").exists()
+    s = extract_features("rgb2d", rows, here, weights="random", device="cpu", backend="dask",
+                         scheduler=cluster.scheduler_address, task_videos=2)
+    assert 0 < s["done"] < len(rows) - 1 and s["skipped"] > 0  # only what was lost
+    _same_cache(w, here, "rgb2d")
 
 
 def test_a_killed_client_run_resumes_to_the_same_cache(dataset, cluster, tmp_path):
