@@ -13,6 +13,10 @@ modality (no audio stream, no caption, failed upstream, not extracted) is record
 with its reason, never zero-filled. Loading and preprocessing run in DataLoader worker processes
 (`--loaders`) so they overlap the network.
 
+`--backend dask [--scheduler ADDRESS] [--gpus-per-task 1]` runs the same plan on a Dask cluster
+whose workers see the work folder, in batches of videos, each worker keeping its backbone
+(`features.distributed`); the cache is the same as a local run's.
+
 Exit codes: 0 every video has features or a recorded reason; 1 some videos failed here
 (their reason is recorded as missing), the rest are done; 2 the run itself failed or could not
 start (no weights, a bad checkpoint, a settings clash, a bad manifest, a crash), with one line
