@@ -9,6 +9,9 @@
 #   DATASET   dmver | iemocap | music-video | other (which published numbers the table shows)
 #   MODALITIES  feature sets for `make features` (default: `python -m features.extract --names`)
 #   NAMES     checkpoints for `make weights` by file name or alias, e.g. "r2plus1d clip wav2vec2"
+#   BACKEND   dask: run the stages and features on a Dask cluster (default: this machine; dask when SCHEDULER is set)
+#   SCHEDULER dask scheduler address, e.g. tcp://head:8786 (BACKEND=dask; default a local cluster of JOBS workers)
+#   GPUS_PER_TASK  GPU resources per Dask task of flow and features (workers started with --resources GPU=1)
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
 #
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
@@ -32,17 +35,23 @@ SIZE         ?= 224
 RESIZE       ?= crop
 FLOW_BACKEND ?= opencv
 DATASET      ?= other
+SCHEDULER    ?=
+BACKEND      ?= $(if $(SCHEDULER),dask)
+GPUS_PER_TASK ?= 0
 
 # The demo runs the whole pipeline on the sample at a smaller geometry so it ends in minutes.
 DEMO_WORK    ?= work/demo
 DEMO_ARGS    := MANIFEST=$(MANIFEST) WORK=$(DEMO_WORK) FRAMES=16 SIZE=112
 
-STAGE_ARGS   := --manifest $(MANIFEST) --work $(WORK) --jobs $(JOBS)
+DASK_ARGS    := $(if $(BACKEND),--backend $(BACKEND)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+# Only the steps that can use a GPU (flow with the torch backend, features) ask for GPU resources.
+GPU_ARGS     := --gpus-per-task $(GPUS_PER_TASK)
+STAGE_ARGS   := --manifest $(MANIFEST) --work $(WORK) --jobs $(JOBS) $(DASK_ARGS)
 GEOMETRY     := --num-frames $(FRAMES) --size $(SIZE) --resize $(RESIZE)
 # Exit code 1 (some videos failed) is reported by the stage and does not stop make.
 PARTIAL_OK   := || [ $$? -eq 1 ]
 
-.PHONY: venv test demo sample frames flow audio features weights table report predict bench bench-features bench-cache bench-classify clean-demo
+.PHONY: venv test demo sample frames flow audio features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -64,7 +73,7 @@ frames: $(STAMP) $(MANIFEST)
 	$(PY) -m extract.frames $(STAGE_ARGS) $(GEOMETRY) $(PARTIAL_OK)
 
 flow: $(STAMP) $(MANIFEST)
-	$(PY) -m extract.flow $(STAGE_ARGS) $(GEOMETRY) --flow-backend $(FLOW_BACKEND) $(PARTIAL_OK)
+	$(PY) -m extract.flow $(STAGE_ARGS) $(GEOMETRY) --flow-backend $(FLOW_BACKEND) $(GPU_ARGS) $(PARTIAL_OK)
 
 audio: $(STAMP) $(MANIFEST)
 	$(PY) -m extract.audio $(STAGE_ARGS) $(PARTIAL_OK)
@@ -73,7 +82,7 @@ audio: $(STAMP) $(MANIFEST)
 # WEIGHTS=random runs seeded random backbones (numbers not comparable; the text encoder is always the real one).
 features: $(STAMP)
 	for m in $(or $(MODALITIES),$$($(PY) -m features.extract --names)); do \
-	  $(PY) -m features.extract --modality $$m --manifest $(MANIFEST) --work $(WORK) --weights $(WEIGHTS) --device $(DEVICE) $(FEATURE_ARGS) $(PARTIAL_OK) || exit $$?; \
+	  $(PY) -m features.extract --modality $$m --manifest $(MANIFEST) --work $(WORK) --weights $(WEIGHTS) --device $(DEVICE) --jobs $(JOBS) $(DASK_ARGS) $(GPU_ARGS) $(FEATURE_ARGS) $(PARTIAL_OK) || exit $$?; \
 	done
 
 # weights: the checkpoints of `make features`; NAMES="r2plus1d clip ..." fetches those (file names or aliases).
@@ -112,6 +121,20 @@ bench-cache: $(STAMP)
 
 bench-classify: $(STAMP)
 	$(PY) -m classify.bench
+
+# bench-dask: the Dask path against the local one, same videos and cores (work/bench-dask/bench_dask.json).
+bench-dask: $(STAMP)
+	$(PY) -m features.bench_dask
+
+# projection: DMVER's cost from the measured per-video rates (bench-features; gpu-check's report when there is one).
+projection: $(STAMP)
+	$(PY) -m features.projection
+
+# gpu-check: every CUDA path measured in at most 5 minutes on one GPU (work/gpu-check/report.json, .md);
+# refuses (exit 2) without CUDA.
+gpu-check: $(STAMP)
+	$(PY) -m features.gpu_check --out work/gpu-check --jobs $(JOBS) \
+	  --weights $$( [ -f $(WEIGHTS)/rgb_imagenet.pt ] && echo $(WEIGHTS) || echo random )
 
 clean-demo:
 	rm -rf $(DEMO_WORK)

@@ -643,7 +643,7 @@ def default_jobs() -> int:
 
 def run_stage(stage: Stage, videos: Sequence[Video], work: str | os.PathLike, settings: Any,
               jobs: int = 0, backend: str = "joblib", scheduler: str | None = None,
-              progress: bool | None = None) -> Summary:
+              progress: bool | None = None, gpus_per_task: float = 0) -> Summary:
     """Run `stage` on every video whose output is missing or stale; returns the counts for the summary line.
 
     Raises SettingsMismatch (the folder is claimed with other settings) before anything runs;
@@ -653,13 +653,15 @@ def run_stage(stage: Stage, videos: Sequence[Video], work: str | os.PathLike, se
     folder = stage_dir(work, stage.name)
     claimed = output_settings(settings)
     with claim_settings(folder, claimed, f"{stage.name} settings") as claim:
-        summary = _run_claimed(stage, videos, work, folder, settings, claim, jobs, backend, scheduler, progress)
+        summary = _run_claimed(stage, videos, work, folder, settings, claim, jobs, backend, scheduler, progress,
+                               gpus_per_task)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _run_claimed(stage: Stage, videos: Sequence[Video], work: Path, folder: Path, settings: Any, claim: Claim,
-                 jobs: int, backend: str, scheduler: str | None, progress: bool | None) -> Summary:
+                 jobs: int, backend: str, scheduler: str | None, progress: bool | None,
+                 gpus_per_task: float = 0) -> Summary:
     removed = remove_stale_temporaries(folder, alone=claim.alone)
     if removed:
         log.info("%s: removed %d temporary file(s) left by an interrupted run", stage.name, removed)
@@ -701,7 +703,8 @@ def _run_claimed(stage: Stage, videos: Sequence[Video], work: Path, folder: Path
     failures, warnings = [], []
     by_id = {v.id: v for v, _ in todo}
     group = stage.group_size(settings) if stage.process_group and stage.group_size else 1
-    results = _execute(stage, todo, settings, jobs, threads, backend, scheduler, max(1, group), claim.settings)
+    results = _execute(stage, todo, settings, jobs, threads, backend, scheduler, max(1, group), claim.settings,
+                       gpus_per_task)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -739,7 +742,7 @@ def _discard_output(out: Path) -> None:
 
 def _execute(stage: Stage, todo: Sequence[tuple[Video, Path]], settings: Any, jobs: int, threads: int,
              backend: str, scheduler: str | None, group: int = 1,
-             claimed: dict | None = None) -> Iterator[Result]:
+             claimed: dict | None = None, gpus_per_task: float = 0) -> Iterator[Result]:
     """Per-video results as they finish; with `group` > 1, videos travel to workers in groups."""
     if not todo:
         return iter(())
@@ -747,7 +750,7 @@ def _execute(stage: Stage, todo: Sequence[tuple[Video, Path]], settings: Any, jo
         raise ValueError(f"unknown backend {backend!r}: use joblib or dask")
     groups = [todo[a:a + group] for a in range(0, len(todo), group)]
     if backend == "dask":
-        batches = _execute_dask(stage, groups, settings, scheduler, jobs, claimed)
+        batches = _execute_dask(stage, groups, settings, scheduler, jobs, claimed, gpus_per_task)
     elif jobs == 1:
         batches = (_run_batch(stage, g, settings, threads, claimed) for g in groups)
     else:
@@ -788,20 +791,51 @@ def _run_batch(stage: Stage, items: Sequence[tuple[Video, Path]], settings: Any,
         _task.reset(token)
 
 
-def _execute_dask(stage: Stage, groups, settings, scheduler: str | None, jobs: int, claimed: dict | None = None):
-    """The same functions on a Dask cluster; workers write to the (shared) work folder."""
-    from dask.distributed import Client, LocalCluster, as_completed
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, jobs: int = 0, gpus_per_task: float = 0) -> Iterator[Any]:
+    """A `dask.distributed.Client` for a run: of the cluster at `scheduler`, or of a LocalCluster
+    of `jobs` single-threaded worker processes (0: one per core) that lives as long as the block.
 
-    cluster = None if scheduler else LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True)
-    client = Client(scheduler or cluster)
+    A local cluster with `gpus_per_task` has one worker declaring that many `GPU` resources (a
+    machine's one GPU taken one task at a time); several GPUs need a scheduler and one worker per
+    GPU (`CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --nthreads 1 --resources GPU=1`)."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = None
+    if not scheduler:
+        workers = 1 if gpus_per_task else (jobs if jobs > 0 else default_jobs())
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               resources={"GPU": gpus_per_task} if gpus_per_task else None)
     try:
-        futures = [client.submit(_run_batch, stage, g, settings, 1, claimed, pure=False) for g in groups]
-        for future in as_completed(futures):
-            yield future.result()
+        client = Client(scheduler or cluster)
+    except BaseException:
+        if cluster is not None:
+            cluster.close()
+        raise
+    try:
+        yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def gpu_resources(gpus_per_task: float) -> dict | None:
+    """`submit(..., resources=...)` for a task that needs GPUs: Dask then runs at most as many at
+    once on a worker as its declared `GPU` resources allow (`dask worker --resources GPU=1`)."""
+    return {"GPU": gpus_per_task} if gpus_per_task else None
+
+
+def _execute_dask(stage: Stage, groups, settings, scheduler: str | None, jobs: int, claimed: dict | None = None,
+                  gpus_per_task: float = 0):
+    """The same functions on a Dask cluster; workers write to the (shared) work folder."""
+    from dask.distributed import as_completed
+
+    with dask_client(scheduler, jobs, gpus_per_task) as client:
+        futures = [client.submit(_run_batch, stage, g, settings, 1, claimed, pure=False,
+                                 resources=gpu_resources(gpus_per_task)) for g in groups]
+        for future in as_completed(futures):
+            yield future.result()
 
 
 # ----------------------------------------------------------------------------- command line
@@ -817,10 +851,19 @@ def stage_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--work", required=True, help="work folder; outputs go to WORK/%s/" % name)
     parser.add_argument("--jobs", type=int, default=0, help="videos in parallel (0: all cores)")
     parser.add_argument("--backend", choices=("joblib", "dask"), default="joblib")
-    parser.add_argument("--scheduler", help="dask.distributed scheduler address (with --backend dask; default: a local cluster)")
+    add_dask_arguments(parser)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds of FFmpeg per video before it is killed")
     parser.add_argument("--verbose", action="store_true", help="log every video's problems; tracebacks of crashes")
     return parser
+
+
+def add_dask_arguments(parser: argparse.ArgumentParser) -> None:
+    """--scheduler and --gpus-per-task, shared by the stages and the feature stage."""
+    parser.add_argument("--scheduler", help="dask.distributed scheduler address (with --backend dask; default: a local "
+                                            "cluster of --jobs worker processes)")
+    parser.add_argument("--gpus-per-task", type=float, default=0,
+                        help="with --backend dask: GPU resources each task needs; workers started with "
+                             "--resources GPU=1 then run one such task per GPU at a time")
 
 
 def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -855,7 +898,7 @@ def run_command(stage: Stage, args: argparse.Namespace, settings: Any) -> int:
     try:
         videos = read_manifest(args.manifest)
         summary = run_stage(stage, videos, args.work, settings, jobs=args.jobs, backend=args.backend,
-                            scheduler=args.scheduler)
+                            scheduler=args.scheduler, gpus_per_task=args.gpus_per_task)
         print(summary.line(Path(args.work)))
     except Exception as exc:  # the run itself failed, not one video: never exit 1
         return run_failed(exc, getattr(args, "verbose", False))

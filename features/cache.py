@@ -169,17 +169,25 @@ class ShardWriter:
     file appears atomically). Use it as a context manager, or call `close()`, to let go.
     Each shard may carry a provenance record (`<name>.source.json`: what input it was made from),
     so that a re-run can tell a shard made from an input that has changed since.
+
+    `claim=False` makes the writer of a worker of a run that holds the claim elsewhere (a Dask
+    worker, `features.distributed`): it claims nothing, and publishes each shard or marker inside
+    `extract.stage.hold_claim`, so it never lands in a folder that has been deleted or re-claimed
+    with other settings since (`extract.stage.ClaimLost` then ends the worker's batch).
     """
 
-    def __init__(self, work: str | os.PathLike, modality: str, attrs: dict):
+    def __init__(self, work: str | os.PathLike, modality: str, attrs: dict, claim: bool = True):
         from extract import stage
 
         self.work = Path(work)
         self.modality = _check_modality(modality)
         self.dir = shard_dir(work, modality)
         self.attrs = _normalise(attrs)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self._claim = contextlib.ExitStack()
+        self.joined = not claim
+        if self.joined:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         try:
             claim = self._claim.enter_context(stage.claim_settings(
                 self.dir, self.attrs, f"{self.modality} feature settings", settings_file="attrs.json",
@@ -231,11 +239,21 @@ class ShardWriter:
             raise ValueError(f"{self.modality} of {video_id!r}: the sequence holds NaN or infinite values")
         shard, marker = self._paths(video_id)
         record = self._record_path(shard)
-        record.unlink(missing_ok=True)  # never a record describing another shard than the one on disk
-        durable.atomic_write(shard, lambda f: np.save(f, seq, allow_pickle=False))
-        if source is not None:
-            _atomic_write_bytes(record, json.dumps(source, sort_keys=True).encode("utf-8"), sync_dir=False)
-        marker.unlink(missing_ok=True)
+        with self._publishing():
+            record.unlink(missing_ok=True)  # never a record describing another shard than the one on disk
+            durable.atomic_write(shard, lambda f: np.save(f, seq, allow_pickle=False))
+            if source is not None:
+                _atomic_write_bytes(record, json.dumps(source, sort_keys=True).encode("utf-8"), sync_dir=False)
+            marker.unlink(missing_ok=True)
+
+    def _publishing(self):
+        """Where files are published: under the claim's check in a joined writer; a claiming
+        writer holds the claim itself."""
+        if not self.joined:
+            return contextlib.nullcontext()
+        from extract import stage
+
+        return stage.hold_claim(self.dir, self.attrs, settings_file="attrs.json", ignore=tuple(INFORMATIONAL_ATTRS))
 
     @staticmethod
     def _record_path(shard: Path) -> Path:
@@ -252,9 +270,10 @@ class ShardWriter:
     def missing(self, video_id: str, reason: str) -> None:
         """Record that this video has no such modality (no audio track, failed upstream, ...)."""
         shard, marker = self._paths(video_id)
-        _atomic_write_json(marker, {"id": video_id, "reason": str(reason)}, sync_dir=False)
-        shard.unlink(missing_ok=True)
-        self._record_path(shard).unlink(missing_ok=True)
+        with self._publishing():
+            _atomic_write_json(marker, {"id": video_id, "reason": str(reason)}, sync_dir=False)
+            shard.unlink(missing_ok=True)
+            self._record_path(shard).unlink(missing_ok=True)
 
     def consolidate(self, ids: list[str]) -> Path:
         """Build W/features/<modality>.h5 from the shards of these ids, in this order.
@@ -262,6 +281,8 @@ class ShardWriter:
         Every id needs a shard or a missing-marker. When the shards, markers and settings are
         the ones the existing .h5 was built from (same digest), the file is left as it is.
         """
+        if self.joined:
+            raise CacheError("consolidate: only the run that claims the shard folder consolidates it")
         _remove_dead_temps(self.dir)
         _remove_dead_temps(self.dir.parent)
         ids = list(ids)

@@ -13,6 +13,10 @@ modality (no audio stream, no caption, failed upstream, not extracted) is record
 with its reason, never zero-filled. Loading and preprocessing run in DataLoader worker processes
 (`--loaders`) so they overlap the network.
 
+`--backend dask [--scheduler ADDRESS] [--gpus-per-task 1]` runs the same plan on a Dask cluster
+whose workers see the work folder, in batches of videos, each worker keeping its backbone
+(`features.distributed`); the cache is the same as a local run's.
+
 Exit codes: 0 every video has features or a recorded reason; 1 some videos failed here
 (their reason is recorded as missing), the rest are done; 2 the run itself failed or could not
 start (no weights, a bad checkpoint, a settings clash, a bad manifest, a crash), with one line
@@ -33,10 +37,12 @@ import torch
 
 from extract import stage
 from extract.manifest import Video, read_manifest
-from features import backbones, cache, modalities
+from features import backbones, cache, distributed, modalities
 from features.modalities import Missing, Modality
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("local", "dask")
 
 
 class _Inputs(torch.utils.data.Dataset):
@@ -82,18 +88,34 @@ def cache_attributes(spec: Modality, backbone: backbones.Backbone, work: Path, o
             **spec.source.settings(work, options), "options": options, "package_version": package_version()}
 
 
+def empty_counts() -> dict:
+    return {"done": 0, "skipped": 0, "redone": 0, "missing": 0, "failed": 0}
+
+
 def extract_features(modality: str, videos: Sequence[Video], work: str | Path, weights: str = "weights",
                      device: str = "auto", batch_size: int | None = None, loaders: int = 1, seed: int = 0,
                      progress: bool | None = None, videos_per_call: int | None = None,
-                     backbone: backbones.Backbone | None = None, **options) -> dict:
+                     backbone: backbones.Backbone | None = None, backend: str = "local",
+                     scheduler: str | None = None, jobs: int = 0, gpus_per_task: float = 0,
+                     task_videos: int | None = None, **options) -> dict:
     """Fill `W/features/<modality>.h5` for these videos; returns the counts for the summary line.
 
     `options`: the modality's declared options (`pca=True`, `text_model=...`, ...). `backbone`:
-    an already loaded one (classify.predict checks its checksum first); else it is loaded here."""
+    an already loaded one (classify.predict checks its checksum first); else it is loaded here.
+    `backend="dask"`: on the cluster at `scheduler` (else a local cluster of `jobs` worker
+    processes), in batches of `task_videos` videos (`features.distributed`)."""
     started = time.perf_counter()
     work = Path(work).resolve()
     spec = modalities.get(modality)
     options = spec.resolve_options(options)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend == "dask":
+        if backbone is not None:
+            raise ValueError("backend 'dask': the workers load the backbone; do not pass one")
+        key = distributed.BackboneKey.make(modality, weights, device, seed, batch_size, options)
+        return distributed.extract_on_dask(key, videos, work, scheduler, jobs, gpus_per_task, task_videos,
+                                           videos_per_call, progress)
     if backbone is None:
         backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed,
                                            batch_size=batch_size, **options)
@@ -116,7 +138,7 @@ def _plan(spec: Modality, writer: cache.ShardWriter, videos: Sequence[Video], wo
     for name in spec.source.stages:
         for vid, reason in stage.read_failures(work, name).items():
             failed_upstream.setdefault(vid, f"failed in {name}: {reason}")
-    counts = {"done": 0, "skipped": 0, "redone": 0, "missing": 0, "failed": 0}
+    counts = empty_counts()
     todo, sources = [], {}
     for v in videos:
         if not spec.source.available(work, v):
@@ -237,6 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="videos gathered per backbone call (a loader batch); default by device and modality")
     parser.add_argument("--loaders", type=int, default=1, help="DataLoader worker processes preparing inputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of --weights random")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local: this process; dask: batches of videos on a Dask cluster whose workers see the "
+                             "work folder (features/distributed.py)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="with --backend dask and no --scheduler: worker processes of the local cluster (0: all cores)")
+    parser.add_argument("--task-videos", type=int,
+                        help=f"with --backend dask: videos per task (default {distributed.DEFAULT_TASK_VIDEOS}, "
+                             "or the modality's videos per call when larger)")
+    stage.add_dask_arguments(parser)
     for opt in modalities.all_options():
         if opt.flag:
             parser.add_argument(_option_flag(opt), dest=opt.name, action="store_true", help=opt.help)
@@ -260,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         videos = read_manifest(args.manifest)
         s = extract_features(args.modality, videos, args.work, weights=args.weights, device=args.device,
                              batch_size=args.batch_size, loaders=args.loaders, seed=args.seed,
-                             videos_per_call=args.videos_per_call, **options)
+                             videos_per_call=args.videos_per_call, backend=args.backend, scheduler=args.scheduler,
+                             jobs=args.jobs, gpus_per_task=args.gpus_per_task, task_videos=args.task_videos, **options)
     except Exception as exc:  # no weights, a bad checkpoint, a settings clash, a crash: the run failed, exit 2
         return stage.run_failed(exc, args.verbose)
     if s["weights"] == "random":
