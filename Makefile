@@ -7,6 +7,8 @@
 #   RESIZE    crop (I3D protocol) | squash (published)          FLOW_BACKEND  opencv | torch | auto
 #   WEIGHTS   checkpoint folder, or `random`                    SEEDS    seeds per table cell (5)
 #   DATASET   dmver | iemocap | music-video | other (which published numbers the table shows)
+#   CV        evaluation protocol of `make table` / `make bench-classify`: empty = the manifest's fixed split,
+#             K = group-aware K-fold cross-validation, groups = leave-one-group-out (see classify/protocol.py)
 #   MODALITIES  feature sets for `make features` (default: every registered one)
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
 #
@@ -31,6 +33,8 @@ SIZE         ?= 224
 RESIZE       ?= crop
 FLOW_BACKEND ?= opencv
 DATASET      ?= other
+CV           ?=
+CV_ARGS      := $(if $(strip $(CV)),--cv $(strip $(CV)))
 
 # The demo runs the whole pipeline on the sample at a smaller geometry so it ends in minutes.
 DEMO_WORK    ?= work/demo
@@ -79,7 +83,7 @@ weights: $(STAMP)
 	$(PY) -m features.weights --out $(WEIGHTS)
 
 table: $(STAMP)
-	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET)
+	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) $(CV_ARGS)
 
 # The demo: sample dataset -> stages -> features (random weights unless WEIGHTS holds checkpoints) -> table.
 demo: $(STAMP)
@@ -98,7 +102,7 @@ bench-cache: $(STAMP)
 	$(PY) -m features.bench_cache
 
 bench-classify: $(STAMP)
-	$(PY) -m classify.bench
+	$(PY) -m classify.bench $(CV_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_WORK)
