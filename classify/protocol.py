@@ -66,6 +66,13 @@ def title(cv, n_folds: int) -> str:
     return f"{cv}-fold group-aware cross-validation"
 
 
+def leaking_groups(labels: Labels) -> dict[str, list[str]]:
+    """Groups that the labels' own splits put in two or more splits: {group: splits}."""
+    from extract.manifest import leaks_of
+
+    return leaks_of((g, labels.split.get(vid, "")) for vid, g in (labels.group or {}).items())
+
+
 def _group_keys(labels: Labels, ids: list[str]) -> list[str]:
     groups = labels.group or {}
     return [groups.get(i) or f"\0{i}" for i in ids]  # no group: a group of its own

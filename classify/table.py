@@ -46,6 +46,7 @@ from classify.fuse import RULES, fuse
 from classify.heads import HEADS
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK
 from classify.train import FeatureStore, Labels, train_run
+from extract.manifest import describe_leaks
 from extract import stage
 from features import cache
 
@@ -336,6 +337,9 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
             _significance(cell, scores, labels.label, len(labels.class_names))
         cell.pop("_scored", None)
     n_test = len(labels.ids("test")) if cv == protocol.FIXED else len(folds[0].label)
+    leaks = protocol.leaking_groups(labels) if cv == protocol.FIXED else {}
+    if leaks:
+        log.warning("the manifest's splits leak groups, so the scores may be inflated: %s", describe_leaks(leaks))
     return {
         "banner": cache.random_weights_banner(work, modalities_of(rows)),
         "dataset": dataset, "work": str(work), "seeds": seeds, "head": head,
@@ -343,6 +347,7 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
         "folds": [f.tag for f in folds] if cv != protocol.FIXED else [],
         "held_out_groups": _held_out(folds) if cv == protocol.GROUPS else None,
         "metric": metric,
+        "leaking_groups": describe_leaks(leaks) if leaks else None,
         "fixed_heads": {r.name: r.head for r in rows if r.head},
         "rule": rule, "class_names": labels.class_names, "n_test": n_test,
         "units": "fractions (0..1) for ours; published_accuracy_percent in percent",
@@ -487,6 +492,10 @@ def markdown(table: dict) -> str:
             weights.append(f"{c['row']} " + ", ".join(f"{m} {w:.2f}" for m, w in c["weights"].items()))
     fixed_heads = "".join(f" (the {r} row always uses {h})" for r, h in table["fixed_heads"].items())
     joints = [c for c in table["cells"] if c["kind"] == "joint" and c.get("p_by_metric")]
+    if table.get("leaking_groups"):
+        lines.append(f"- **Warning**: the manifest's splits put {table['leaking_groups']}; a classifier may "
+                     f"recognise them instead of the emotion (`python -m extract.manifest check`; `--cv K` keeps "
+                     f"groups whole).")
     lines += [
         f"- Seeds: {_seed_text(table['seeds'])}; std is the sample standard deviation over "
         f"{'seeds' if fixed else 'folds × seeds'} (ddof=1).",

@@ -165,14 +165,19 @@ def validate(videos: Sequence[Video], require_split: bool = True, source: str = 
 
 
 def leaking_groups(videos: Sequence[Video]) -> dict[str, list[str]]:
-    """Groups whose videos sit in more than one split: {group: sorted splits}.
+    """Groups whose videos sit in more than one split: {group: splits in SPLITS order}.
 
     Such a group lets a classifier score on the test split by recognising the person, room or
     camera it saw in training, which is why the builders never make one."""
+    return leaks_of((v.group, v.split) for v in videos)
+
+
+def leaks_of(pairs: Iterable[tuple[str | None, str]]) -> dict[str, list[str]]:
+    """`leaking_groups` over (group, split) pairs (videos without a group or split are skipped)."""
     splits_of: dict[str, set[str]] = defaultdict(set)
-    for v in videos:
-        if v.group and v.split:
-            splits_of[v.group].add(v.split)
+    for group, split in pairs:
+        if group and split:
+            splits_of[group].add(split)
     return {g: [s for s in SPLITS if s in found] for g, found in sorted(splits_of.items()) if len(found) > 1}
 
 

@@ -173,3 +173,25 @@ def test_groups_stop_a_head_from_scoring_by_recognising_the_group(tmp_path):
     results = leakage.demonstrate(tmp_path, groups=60, per_group=5)
     assert results["random split"] > 0.9 and results["5-fold, groups ignored"] > 0.9
     assert results["group-aware split"] < 0.55 and results["5-fold, group-aware"] < 0.5
+
+
+def test_a_fixed_split_table_warns_when_the_manifest_leaks_groups(tmp_path):
+    from extract.manifest import describe_leaks, leaking_groups, read_manifest
+
+    work = tmp_path / "work"
+    synthetic_cache(work, 60, ("rgb",), signal=True)
+    # 57 publishers for 60 videos: the last three share a publisher with the first three, and the
+    # synthetic round-robin split puts them in other splits
+    manifest = write_synthetic_manifest(tmp_path / "m.csv", 60, groups=True)
+    leaks = protocol.leaking_groups(Labels.from_manifest(manifest))
+    assert leaks == leaking_groups(read_manifest(manifest)) and len(leaks) == 3
+    rc, stdout, stderr = _table(["--manifest", str(manifest), "--work", str(work), "--seeds", "1"])
+    assert rc == 0, stderr
+    table = json.loads((work / "table" / "table.json").read_text(encoding="utf-8"))
+    assert table["leaking_groups"] == describe_leaks(leaks)
+    assert f"**Warning**: the manifest's splits put {describe_leaks(leaks)}" in stdout
+    # cross-validation ignores the manifest's splits: nothing to warn about
+    rc, stdout, stderr = _table(["--manifest", str(manifest), "--work", str(work), "--seeds", "1", "--cv", "3"])
+    assert rc == 0, stderr
+    assert "Warning" not in stdout and "leaking_groups" not in stderr
+    assert json.loads((work / "table" / "table.json").read_text(encoding="utf-8"))["leaking_groups"] is None
