@@ -2,6 +2,7 @@
 
     python -m classify.table [--manifest M] [--work W] [--seeds 5] [--dataset dmver|iemocap|music-video|other]
                              [--head lstm] [--rule weighted] [--extra-rows auto|none|NAMES] [--out DIR]
+                             [--cv fixed|K|groups] [--metric accuracy|balanced_accuracy|macro_f1]
 
 Rows and columns are data (`SEED_ROWS`, `EXTRA_ROWS`: each a `Row` of {column: modalities});
 the seed's three rows, as in the DMVER README:
@@ -15,10 +16,15 @@ and All modalities (rgb + flow + audio + text fused). `--extra-rows auto` (defau
 extra rows whose modalities all have a cache. The footer's column notes are generated from the
 rows and the modality registry.
 
-Every cell is the test accuracy (and macro-F1) as mean +- std over seeds 0..SEEDS-1; seed S of
-a joint cell fuses the single runs of seed S (`classify.fuse`). Runs already in `W/runs/` are
-reused, so a second call only fuses and draws. Single modalities are trained one modality at a
-time through one `FeatureStore`, so each cache is loaded once.
+Every cell is the test accuracy, balanced accuracy and macro-F1 as mean +- std over seeds
+0..SEEDS-1 (with `--cv K|groups`, over folds x seeds: `classify.protocol`); seed S of a joint
+cell fuses the single runs of seed S (`classify.fuse`) on the same fold. Each cell also has a
+bootstrap 95 % interval over the test videos (`ci95`), and each joint cell a paired test
+against the best single modality it fuses (`p_joint_vs_best_single`; `classify.stats`).
+`--metric` chooses the headline of the Markdown; the JSON keeps all three. Runs already in
+`W/runs/` are reused, so a second call only fuses, tests and draws. Single modalities are
+trained one modality at a time through one `FeatureStore` (all folds and seeds of a modality in
+a row), so each cache is loaded once.
 
 Writes (each file atomically) `DIR/table.md` (also printed), `table.csv` (one row per cell),
 `table.json`, `confusion_joint.png` (the joint models' confusion matrices summed over seeds)
