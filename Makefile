@@ -83,7 +83,7 @@ weights: $(STAMP)
 	$(PY) -m features.weights --out $(WEIGHTS)
 
 table: $(STAMP)
-	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) $(CV_ARGS)
+	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) --jobs $(JOBS) $(CV_ARGS)
 
 # The demo: sample dataset -> stages -> features (random weights unless WEIGHTS holds checkpoints) -> table.
 demo: $(STAMP)
@@ -102,7 +102,7 @@ bench-cache: $(STAMP)
 	$(PY) -m features.bench_cache
 
 bench-classify: $(STAMP)
-	$(PY) -m classify.bench $(CV_ARGS)
+	$(PY) -m classify.bench --jobs $(JOBS) $(CV_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_WORK)

@@ -51,7 +51,7 @@ from classify import protocol, stats
 from classify.fuse import RULES, fuse
 from classify.heads import HEADS
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK
-from classify.train import FeatureStore, Labels, train_run
+from classify.train import FeatureStore, Labels, train_runs
 from extract.manifest import describe_leaks
 from extract import stage
 from features import cache
@@ -148,31 +148,27 @@ def _mean_recall(recalls: list[dict], class_names: list[str]) -> dict:
     return out
 
 
-def _train_singles(work, folds: list[Labels], head: str, seeds: list[int], store: FeatureStore, rows) -> dict:
+def _train_singles(work, folds: list[Labels], head: str, seeds: list[int], store: FeatureStore, rows,
+                   jobs: int = 1) -> dict:
     """(modality, head) -> {"runs": [[RunResult per seed] per fold]} or {"error": message}.
 
-    Modality by modality (one cache in memory at a time), then fold by fold, then seed by seed:
-    loading and time pooling are shared by every fold and seed."""
+    Modality by modality (one cache in memory at a time), every fold and seed of it through
+    `train_runs` (`jobs` at a time): loading and time pooling are shared by all of them."""
     done = {}
     for modality, fixed in singles(rows):
         h = fixed or head
         if (modality, h) in done:
             continue
+        t = time.perf_counter()
         try:
-            runs = []
-            for fold in folds:
-                per_seed = []
-                for seed in seeds:
-                    t = time.perf_counter()
-                    r = train_run(work, fold, modality, h, seed, store=store)
-                    log.info("%s %s seed %d%s: %s in %.1f s", modality, h, seed, f" {fold.tag}" if fold.tag else "",
-                             "reused" if r.reused else "trained", time.perf_counter() - t)
-                    per_seed.append(r)
-                runs.append(per_seed)
+            runs = train_runs(work, folds, modality, h, seeds, store=store, jobs=jobs)
         except (cache.CacheError, ValueError) as exc:
             done[(modality, h)] = {"error": str(exc)}
             log.warning("%s: n/a (%s)", modality, exc)
             continue
+        trained = sum(not r.reused for per_seed in runs for r in per_seed)
+        log.info("%s %s: %d runs trained, %d reused in %.1f s", modality, h, trained,
+                 sum(len(p) for p in runs) - trained, time.perf_counter() - t)
         done[(modality, h)] = {"runs": runs}
     return done
 
@@ -316,11 +312,13 @@ def _describe_rows(rows) -> str:
 
 
 def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule: str = "weighted",
-                dataset: str = "other", extra_rows: tuple[Row, ...] = (), cv="fixed", metric: str = "accuracy") -> dict:
+                dataset: str = "other", extra_rows: tuple[Row, ...] = (), cv="fixed", metric: str = "accuracy",
+                jobs: int = 1) -> dict:
     """Train or reuse every run, fuse, and return the table as a JSON-ready dict (fractions).
 
     `cv`: "fixed" (the manifest's split), K or "groups" (`classify.protocol`); `metric`: the
-    headline of the Markdown (the JSON has all three)."""
+    headline of the Markdown (the JSON has all three); `jobs`: single runs trained at a time
+    (`classify.train.train_runs`; 0 = one per core)."""
     if metric not in stats.METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(stats.METRICS)}")
     t0 = time.perf_counter()
@@ -328,7 +326,7 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
     folds = protocol.fold_labels(labels, cv)
     rows = SEED_ROWS + tuple(extra_rows)
     store = FeatureStore(work)
-    trained = _train_singles(work, folds, head, seeds, store, rows)
+    trained = _train_singles(work, folds, head, seeds, store, rows, jobs)
     published = PUBLISHED.get(dataset)
     cells = []
     for row in rows:
@@ -683,6 +681,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cv", default="fixed", help="fixed (the manifest's split, as published; default), K "
                                                       "(group-aware K-fold over all labelled videos) or groups "
                                                       "(leave-one-group-out); see classify.protocol")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="single runs trained at a time in worker processes (default 0: one per core)")
     parser.add_argument("--metric", default="accuracy", choices=stats.METRICS,
                         help="headline metric of the Markdown (table.json keeps all three)")
     parser.add_argument("--extra-rows", default="auto",
@@ -700,7 +700,7 @@ def main(argv=None) -> int:
             print(banner + "\n", flush=True)
         labels = Labels.from_manifest(args.manifest)
         table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset, extra,
-                            cv=args.cv, metric=args.metric)
+                            cv=args.cv, metric=args.metric, jobs=args.jobs)
     except Exception as exc:  # a bad manifest or row name, a crash: the run failed, exit 2
         return stage.run_failed(exc, args.verbose)
     if not any(c["status"] == "ok" for c in table["cells"]):

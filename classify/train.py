@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -102,6 +103,14 @@ class FeatureStore:
         self.modality: str | None = None
         self._variants: dict = {}
 
+    @classmethod
+    def holding(cls, work, modality: str, max_steps: int | None, features: cache.Features) -> "FeatureStore":
+        """A store that already holds `features` (one modality, time-pooled to `max_steps`): what
+        `train_runs`' worker processes get, the arrays memory-mapped from the parent's."""
+        store = cls(work)
+        store.modality, store._variants = modality, {max_steps: features}
+        return store
+
     def get(self, modality: str, max_steps: int | None = None) -> cache.Features:
         if modality != self.modality:
             self._variants = {}  # drop the previous modality before loading the next one
@@ -154,13 +163,10 @@ def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", see
     estimator = make_head(head, seed=seed, **(params or {}))
     settings = _settings(work, labels, modality, head, estimator)
     final = run_path(work, modality, head, seed, labels.tag)
-    if not force and (final / "settings.json").is_file() and (final / "predictions.npz").is_file():
-        try:
-            if read_json(final / "settings.json") == json.loads(json.dumps(settings)):
-                log.debug("reusing %s", final)
-                return load_run(final)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: train again
+    if not force:
+        reused = _reuse(final, settings)
+        if reused is not None:
+            return reused
     store = store or FeatureStore(work)
     feats = store.get(modality, estimator.max_steps if isinstance(estimator, LSTMHead) else None)
     row = {vid: i for i, vid in enumerate(feats.ids)}
@@ -203,6 +209,79 @@ def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", see
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "settings.json", settings)
     return RunResult(final, metrics, labels.class_names, list(parts["val"][0]), val_p, list(test_ids), test_p, False)
+
+
+def _reuse(final: Path, settings: dict) -> RunResult | None:
+    """The run in `final` if it was made with exactly these settings, else None (train again)."""
+    if (final / "settings.json").is_file() and (final / "predictions.npz").is_file():
+        try:
+            if read_json(final / "settings.json") == json.loads(json.dumps(settings)):
+                log.debug("reusing %s", final)
+                return load_run(final)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: train again
+    return None
+
+
+def reused_run(work, labels: Labels, modality: str, head: str = "lstm", seed: int = 0,
+               params: dict | None = None) -> RunResult | None:
+    """What `train_run` would reuse for these arguments, or None when it would train."""
+    estimator = make_head(head, seed=seed, **(params or {}))
+    return _reuse(run_path(work, modality, head, seed, labels.tag), _settings(work, labels, modality, head, estimator))
+
+
+def effective_jobs(jobs: int) -> int:
+    """`jobs` worker processes; 0 (or less) means one per available core."""
+    if jobs > 0:
+        return jobs
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def train_runs(work, folds: list[Labels], modality: str, head: str = "lstm", seeds=(0,), params: dict | None = None,
+               store: FeatureStore | None = None, jobs: int = 1) -> list[list[RunResult]]:
+    """Every (fold, seed) run of one modality, as `[fold][seed]`: reusable runs are read back, the
+    others trained, `jobs` at a time.
+
+    The runs of one modality are independent, and each head trains on one torch thread, so on a
+    2-core machine two of them in parallel take about the time of one. Workers are processes
+    (joblib's loky), not threads: torch's random generator is process-wide, so threads would
+    make a seed's result depend on its neighbour. The features are loaded and time-pooled once,
+    here, and memory-mapped into the workers (joblib dumps arrays above 1 MB once per call), so a
+    worker costs the training copy of its fold, not another cache. A run trained in a worker
+    is the same run, bit for bit, as one trained here (tests/test_protocol.py).
+    """
+    out: list[list[RunResult | None]] = [[None] * len(seeds) for _ in folds]
+    pending = []
+    for f, fold in enumerate(folds):
+        for s, seed in enumerate(seeds):
+            out[f][s] = reused_run(work, fold, modality, head, seed, params)
+            if out[f][s] is None:
+                pending.append((f, s))
+    store = store or FeatureStore(work)
+    jobs = min(effective_jobs(jobs), len(pending))
+    if jobs <= 1:
+        for f, s in pending:
+            out[f][s] = train_run(work, folds[f], modality, head, seeds[s], params, store)
+        return out
+    from joblib import Parallel, delayed
+
+    estimator = make_head(head, **(params or {}))
+    max_steps = estimator.max_steps if isinstance(estimator, LSTMHead) else None
+    feats = store.get(modality, max_steps)
+    log.info("training %d %s runs, %d at a time", len(pending), modality, jobs)
+    results = Parallel(n_jobs=jobs, backend="loky", max_nbytes="1M", mmap_mode="r")(
+        delayed(_train_in_worker)(work, folds[f], modality, head, seeds[s], params, max_steps, feats)
+        for f, s in pending)
+    for (f, s), r in zip(pending, results):
+        out[f][s] = r
+    return out
+
+
+def _train_in_worker(work, labels: Labels, modality: str, head: str, seed: int, params, max_steps, feats) -> RunResult:
+    return train_run(work, labels, modality, head, seed, params, FeatureStore.holding(work, modality, max_steps, feats))
 
 
 def percent(value) -> str:

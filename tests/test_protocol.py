@@ -195,3 +195,26 @@ def test_a_fixed_split_table_warns_when_the_manifest_leaks_groups(tmp_path):
     assert rc == 0, stderr
     assert "Warning" not in stdout and "leaking_groups" not in stderr
     assert json.loads((work / "table" / "table.json").read_text(encoding="utf-8"))["leaking_groups"] is None
+
+
+def test_runs_trained_in_parallel_are_the_sequential_runs(tmp_path):
+    from classify.train import train_runs
+
+    works = []
+    for name in ("seq", "par"):
+        work = tmp_path / name
+        synthetic_cache(work, 90, ("rgb",), signal=True)
+        works.append(work)
+    labels = Labels.from_manifest(write_synthetic_manifest(tmp_path / "m.csv", 90, groups=True))
+    folds = protocol.fold_labels(labels, 2)
+    seq = train_runs(works[0], folds, "rgb", "lstm", [0, 1], jobs=1)
+    par = train_runs(works[1], folds, "rgb", "lstm", [0, 1], jobs=2)
+    for a, b in zip(sum(seq, []), sum(par, [])):
+        assert not a.reused and not b.reused and a.path.name == b.path.name
+        np.testing.assert_array_equal(a.test_proba, b.test_proba)
+        np.testing.assert_array_equal(a.val_proba, b.val_proba)
+        assert a.test_ids == b.test_ids and a.metrics["epochs"] == b.metrics["epochs"]
+    again = train_runs(works[1], folds, "rgb", "lstm", [0, 1], jobs=2)
+    assert all(r.reused for r in sum(again, []))
+    assert [p.name for p in sorted((works[1] / "runs").iterdir())] == [
+        f"rgb-lstm-seed{s}-cv2f{f}" for s in (0, 1) for f in (0, 1)]
