@@ -124,14 +124,17 @@ def _plan(spec: Modality, writer: cache.ShardWriter, videos: Sequence[Video], wo
                     v.id, f"not extracted: no {spec.source.name} output (run the {spec.source.name} stage)"))
                 counts["missing"] += 1
             continue
-        stale = spec.source.stale(work, v)
+        # `stale` and `provenance` are optional for a source: the README's custom-source protocol
+        # is `load(work, video, options)` (plus available/settings); without them a source's
+        # outputs are never stale and its shards carry no provenance record (resumed as they are)
+        stale = spec.source.stale(work, v) if hasattr(spec.source, "stale") else None
         if stale:
             writer.missing(v.id, f"failed in features: the {spec.source.name} output is stale ({stale}); "
                                  f"run the {spec.source.name} stage again")
             counts["failed"] += 1
             log.warning("features %s: %r has a stale %s output (%s)", spec.name, v.id, spec.source.name, stale)
             continue
-        sources[v.id] = spec.source.provenance(work, v, options)
+        sources[v.id] = spec.source.provenance(work, v, options) if hasattr(spec.source, "provenance") else None
         if writer.has_shard(v.id):
             recorded = writer.source_record(v.id)
             if recorded is None or recorded == sources[v.id]:
