@@ -12,6 +12,8 @@
 #   BACKEND   dask: run the stages and features on a Dask cluster (default: this machine; dask when SCHEDULER is set)
 #   SCHEDULER dask scheduler address, e.g. tcp://head:8786 (BACKEND=dask; default a local cluster of JOBS workers)
 #   GPUS_PER_TASK  GPU resources per Dask task of flow and features (workers started with --resources GPU=1)
+#   CV        evaluation protocol of `make table` / `make bench-classify`: empty = the manifest's fixed split,
+#             K = group-aware K-fold cross-validation, groups = leave-one-group-out (see classify/protocol.py)
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
 #
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
@@ -38,6 +40,8 @@ DATASET      ?= other
 SCHEDULER    ?=
 BACKEND      ?= $(if $(SCHEDULER),dask)
 GPUS_PER_TASK ?= 0
+CV           ?=
+CV_ARGS      := $(if $(strip $(CV)),--cv $(strip $(CV)))
 
 # The demo runs the whole pipeline on the sample at a smaller geometry so it ends in minutes.
 DEMO_WORK    ?= work/demo
@@ -90,7 +94,7 @@ weights: $(STAMP)
 	$(PY) -m features.weights --out $(WEIGHTS) $(if $(NAMES),--only $(NAMES))
 
 table: $(STAMP)
-	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET)
+	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) --jobs $(JOBS) $(CV_ARGS)
 
 # report: WORK/report/index.html, a static page of the table, figures and test videos (after make table).
 report: $(STAMP)
@@ -120,7 +124,7 @@ bench-cache: $(STAMP)
 	$(PY) -m features.bench_cache
 
 bench-classify: $(STAMP)
-	$(PY) -m classify.bench
+	$(PY) -m classify.bench --jobs $(JOBS) $(CV_ARGS)
 
 # bench-dask: the Dask path against the local one, same videos and cores (work/bench-dask/bench_dask.json).
 bench-dask: $(STAMP)

@@ -1,6 +1,6 @@
 """Benchmark: train the whole results table on a DMVER-size synthetic feature cache.
 
-    python -m classify.bench [--videos 31761] [--seeds 5] [--out DIR] [--keep]
+    python -m classify.bench [--videos 31761] [--seeds 5] [--cv fixed|K|groups] [--out DIR] [--keep]
 
 Builds a synthetic cache with the real shapes (`features.bench_cache.synthetic_cache` with a
 learnable class signal: rgb and flow `[10, 1024]`, audio `[13..17, 128]` with about 2 % of the
@@ -9,6 +9,13 @@ videos missing, rgb2d `[79, 512]`) and its manifest under `DIR`, then times what
 weighted fusions rgb+flow and rgb+flow+audio for every seed (which reuse those runs). Prints a
 table and writes `DIR/bench_classify.json` with the total wall time, the load time per modality
 and the fit time per modality and seed. Target: under 10 minutes on 2 CPU cores at full size.
+
+`--cv K` (`make bench-classify CV=5`) times the cross-validated table instead: the manifest gets a
+DMVER-like publisher column (`write_synthetic_manifest(groups=True)`), every head is trained on
+every fold for every seed (modality by modality, so each cache is loaded and time-pooled once
+for all folds and seeds), both fusions run on every fold and seed, and then `classify.table`'s
+`build_table` assembles the table from those runs (reusing them: what a second `make table`
+costs, bootstrap intervals and significance tests included). Target: under 30 minutes.
 
 At full size the cache takes about 10 GB on disk; it and the runs are deleted afterwards unless
 `--keep` (a kept cache of the same size is reused by the next run, the runs never are: every
@@ -25,9 +32,11 @@ import sys
 import time
 from pathlib import Path
 
+from classify import protocol
 from classify.fuse import fuse
 from classify.heads import LSTMHead, make_head
-from classify.train import FeatureStore, Labels, train_run
+from classify.table import build_table
+from classify.train import FeatureStore, Labels, effective_jobs, train_runs
 from features import cache
 from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
@@ -43,8 +52,15 @@ def _cache_matches(work: Path, n: int) -> bool:
         return False
 
 
-def run_bench(out, videos: int, seeds: int, head: str = "lstm", log=print) -> dict:
-    """Build (or reuse) the synthetic cache under `out`, train and fuse everything, return the timings."""
+TARGET_SECONDS = {"fixed": 600, "cv": 1800}
+
+
+def run_bench(out, videos: int, seeds: int, head: str = "lstm", log=print, cv="fixed", jobs: int = 0) -> dict:
+    """Build (or reuse) the synthetic cache under `out`, train and fuse everything, return the timings.
+
+    `jobs`: runs of one modality trained at a time (`classify.train.train_runs`; 0 = one per core)."""
+    cv = protocol.parse_cv(cv)
+    jobs_used = effective_jobs(jobs)
     out = Path(out)
     load_before = list(os.getloadavg())
     t_all = time.perf_counter()
@@ -54,9 +70,12 @@ def run_bench(out, videos: int, seeds: int, head: str = "lstm", log=print) -> di
         synthetic_cache(out, videos, MODALITIES, signal=True)
         build_seconds = time.perf_counter() - t
         log(f"built a synthetic cache of {videos} videos in {build_seconds:.1f} s under {out / 'features'}")
-    manifest = write_synthetic_manifest(out / "manifest.csv", videos)
+    manifest = write_synthetic_manifest(out / "manifest.csv", videos, groups=cv != protocol.FIXED)
     shutil.rmtree(out / "runs", ignore_errors=True)  # always train afresh: reused runs would time nothing
     labels = Labels.from_manifest(manifest)
+    t = time.perf_counter()
+    folds = protocol.fold_labels(labels, cv)
+    folds_seconds = time.perf_counter() - t
 
     t_table = time.perf_counter()
     store = FeatureStore(out)
@@ -72,35 +91,47 @@ def run_bench(out, videos: int, seeds: int, head: str = "lstm", log=print) -> di
         pool_seconds = time.perf_counter() - t
         row = {"modality": m, "videos": len(feats.ids), "shape": list(feats.x.shape), "load_seconds": load_seconds,
                "pool_seconds": pool_seconds, "seeds": []}
-        for seed in range(seeds):
-            t = time.perf_counter()
-            run = train_run(out, labels, m, head, seed, store=store)
-            r = run.metrics
-            row["seeds"].append({"seed": seed, "fit_seconds": r["fit_seconds"], "run_seconds": time.perf_counter() - t,
-                                 "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
-                                 "test_accuracy": r["accuracy"], "val_accuracy": r["val"]["accuracy"]})
-            log(f"  {m:<6} seed {seed}: fit {r['fit_seconds']:6.1f} s, {r.get('epochs')} epochs, "
-                f"test accuracy {100 * r['accuracy']:.1f} %")
+        t = time.perf_counter()
+        grid = train_runs(out, folds, m, head, list(range(seeds)), store=store, jobs=jobs)
+        row["train_seconds"] = time.perf_counter() - t
+        for fold, per_seed in zip(folds, grid):
+            for seed, run in enumerate(per_seed):
+                r = run.metrics
+                row["seeds"].append({"seed": seed, "fold": fold.tag or None, "fit_seconds": r["fit_seconds"],
+                                     "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
+                                     "test_accuracy": r["accuracy"], "val_accuracy": r["val"]["accuracy"]})
+                log(f"  {m:<6} seed {seed}{' ' + fold.tag if fold.tag else ''}: fit {r['fit_seconds']:6.1f} s, "
+                    f"{r.get('epochs')} epochs, test accuracy {100 * r['accuracy']:.1f} %")
+        log(f"  {m}: {len(folds) * seeds} runs in {row['train_seconds']:.1f} s ({jobs_used} at a time)")
         rows.append(row)
     del store  # frees the last modality's arrays before fusing (fusion reads only the runs)
     fusions = []
     for combo in FUSIONS:
         entry = {"modalities": list(combo), "rule": "weighted", "seeds": []}
-        for seed in range(seeds):
-            t = time.perf_counter()
-            res = fuse(out, labels, list(combo), head, "weighted", seed)
-            j = res.metrics["joint"]
-            entry["seeds"].append({"seed": seed, "seconds": time.perf_counter() - t, "test_accuracy": j["accuracy"],
-                                   "weights": j["weights"]})
+        for fold in folds:
+            for seed in range(seeds):
+                t = time.perf_counter()
+                res = fuse(out, fold, list(combo), head, "weighted", seed)
+                j = res.metrics["joint"]
+                entry["seeds"].append({"seed": seed, "fold": fold.tag or None, "seconds": time.perf_counter() - t,
+                                       "test_accuracy": j["accuracy"], "weights": j["weights"]})
         fusions.append(entry)
+    t = time.perf_counter()
+    table = build_table(out, labels, list(range(seeds)), head, "weighted", cv=cv, jobs=jobs)
+    assembly_seconds = time.perf_counter() - t
     table_seconds = time.perf_counter() - t_table
     import torch
 
+    cells = [{k: c.get(k) for k in ("row", "column", "status", "n_test", "accuracy", "ci95", "best_single",
+                                    "p_joint_vs_best_single")} for c in table["cells"]]
     return {"videos": videos, "seeds": seeds, "head": head, "head_params": make_head(head).get_params(),
+            "protocol": table["protocol"], "jobs": jobs_used, "folds_seconds": folds_seconds, "assembly_seconds": assembly_seconds,
+            "target_seconds": TARGET_SECONDS["fixed" if cv == protocol.FIXED else "cv"], "cells": cells,
             "build_seconds": build_seconds, "table_seconds": table_seconds,
             "total_seconds": time.perf_counter() - t_all,
             "load_seconds": sum(r["load_seconds"] + r["pool_seconds"] for r in rows),
             "fit_seconds": sum(s["fit_seconds"] for r in rows for s in r["seeds"]),
+            "train_seconds": sum(r["train_seconds"] for r in rows),
             "fuse_seconds": sum(s["seconds"] for f in fusions for s in f["seeds"]),
             "modalities": rows, "fusions": fusions, "torch_threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
@@ -118,16 +149,27 @@ def format_report(result: dict) -> str:
     for f in result["fusions"]:
         acc = sum(s["test_accuracy"] for s in f["seeds"]) / max(len(f["seeds"]), 1)
         secs = sum(s["seconds"] for s in f["seeds"])
-        lines.append(f"fuse {'+'.join(f['modalities'])} ({f['rule']}): {secs:.1f} s for {len(f['seeds'])} seeds, "
+        lines.append(f"fuse {'+'.join(f['modalities'])} ({f['rule']}): {secs:.1f} s for {len(f['seeds'])} runs, "
                      f"mean joint accuracy {100 * acc:.1f} %")
+    for c in result["cells"]:
+        if c["status"] == "ok":
+            p = c["p_joint_vs_best_single"]
+            lines.append(f"  table cell {c['row']} {c['column']}: {100 * c['accuracy']['mean']:.2f} ± "
+                         f"{100 * c['accuracy']['std']:.2f} [{100 * c['ci95'][0]:.1f}, {100 * c['ci95'][1]:.1f}] on "
+                         f"{c['n_test']} videos" + ("" if p is None else f"; p vs {c['best_single']} {p:.4f}"))
     lines.append(f"load average (1, 5, 15 min) before {result['load_average_before']}, after "
                  f"{result['load_average_after']} on {result['cpus']} CPUs; torch threads {result['torch_threads']}")
-    lines.append(f"table ({len(result['modalities'])} modalities x {result['seeds']} seeds + "
+    prot = result["protocol"]
+    folds = "" if prot["cv"] == "fixed" else f" x {prot['folds']} folds ({protocol.title(prot['cv'], prot['folds'])})"
+    lines.append(f"table ({len(result['modalities'])} modalities x {result['seeds']} seeds{folds} + "
                  f"{len(result['fusions'])} fusions): {result['table_seconds']:.1f} s "
-                 f"(load {result['load_seconds']:.1f} s, fit {result['fit_seconds']:.1f} s, "
-                 f"fuse {result['fuse_seconds']:.1f} s); target < 600 s")
+                 f"(load {result['load_seconds']:.1f} s, training {result['train_seconds']:.1f} s with "
+                 f"{result['jobs']} run(s) at a time: fit {result['fit_seconds']:.1f} s summed over runs, "
+                 f"fuse {result['fuse_seconds']:.1f} s, folds {result['folds_seconds']:.1f} s, assembling the table "
+                 f"with intervals and tests {result['assembly_seconds']:.1f} s); target < {result['target_seconds']} s")
     if result["build_seconds"] is not None:
         lines.append(f"building the synthetic cache took {result['build_seconds']:.1f} s more (not part of the table)")
+    lines.append(f"whole command (cache build included): {result['total_seconds']:.1f} s")
     return "\n".join(lines)
 
 
@@ -135,15 +177,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m classify.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=31761)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--cv", default="fixed", help="fixed (default), K or groups: the protocol of the timed table")
+    parser.add_argument("--jobs", type=int, default=0, help="runs trained at a time (default 0: one per core)")
     parser.add_argument("--out", default="work/bench-classify", help="folder for the synthetic cache, runs and JSON")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic cache and the runs afterwards")
     args = parser.parse_args(argv)
     if args.videos < 15 or args.seeds < 1:
         parser.error("need --videos >= 15 (every class in every split) and --seeds >= 1")
+    try:
+        protocol.parse_cv(args.cv)
+    except ValueError as exc:
+        parser.error(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_bench(out, args.videos, args.seeds)
+        result = run_bench(out, args.videos, args.seeds, cv=args.cv, jobs=args.jobs)
     finally:
         if not args.keep:
             for sub in ("features", "runs"):

@@ -1,7 +1,7 @@
 """Late fusion of per-modality class probabilities.
 
     python -m classify.fuse --modalities rgb,flow,audio [--head lstm] [--rule weighted] [--seed 0]
-                            [--work work/sample] [--manifest data/sample/manifest.csv]
+                            [--work work/sample] [--manifest data/sample/manifest.csv] [--cv fixed|K|groups]
 
 Uses the runs `W/runs/<modality>-<head>-seed<S>/` (training any that is missing first, so it
 works straight after `make features`) and combines their probabilities video by video:
@@ -33,6 +33,8 @@ metrics.json
 
 (accuracies as fractions), plus predictions.npz (test_ids, test_proba, test_y), fusion.joblib
 (the fitted `Fusion`, which `classify.export` puts in a model bundle) and settings.json.
+With `--cv K|groups` every fold is fused (its runs and its fusion folder carry the fold's tag,
+e.g. `fuse-rgb+flow-weighted-cv5f2`; see `classify.protocol`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from classify import protocol
 from classify.heads import HEADS
 from classify.metrics import classification_metrics
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, write_json
@@ -223,13 +226,16 @@ def fuse_runs(runs: dict[str, RunResult], labels: Labels, rule: str = "weighted"
     return result, test_ids, joint, fusion
 
 
-def fuse_name(modalities, head: str = "lstm", rule: str = "weighted", seed: int = 0) -> str:
-    """`fuse-rgb+flow+audio-weighted` for the default head and seed 0; otherwise with suffixes."""
+def fuse_name(modalities, head: str = "lstm", rule: str = "weighted", seed: int = 0, tag: str = "") -> str:
+    """`fuse-rgb+flow+audio-weighted` for the default head and seed 0; otherwise with suffixes
+    (a cross-validation fold's tag last: `fuse-rgb+flow-weighted-seed1-cv5f2`)."""
     name = f"fuse-{'+'.join(modalities)}-{rule}"
     if head != "lstm":
         name += f"-{head}"
     if seed != 0:
         name += f"-seed{seed}"
+    if tag:
+        name += f"-{tag}"
     return name
 
 
@@ -246,7 +252,7 @@ def fuse(work, labels: Labels | str, modalities: list[str], head: str = "lstm", 
     runs = {m: train_run(work, labels, m, head, seed, store=store) for m in modalities}
     result, test_ids, joint, fusion = fuse_runs(runs, labels, rule, seed)
     result.update({"head": head, "seed": seed})
-    final = Path(work) / "runs" / fuse_name(modalities, head, rule, seed)
+    final = Path(work) / "runs" / fuse_name(modalities, head, rule, seed, labels.tag)
     y_test = np.array([labels.label[i] for i in test_ids], dtype=np.int64)
     with atomic_dir(final) as tmp:
         write_json(tmp / "metrics.json", result)
@@ -266,27 +272,37 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=DEFAULT_WORK)
     parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    parser.add_argument("--cv", default="fixed", help="fixed (the manifest's split, default), K (group-aware "
+                                                      "K-fold) or groups (leave-one-group-out); see classify.protocol")
     parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     try:
+        cv = protocol.parse_cv(args.cv)
         banner = cache.random_weights_banner(args.work, modalities)
         if banner:
             print(banner + "\n")
-        res = fuse(args.work, args.manifest, modalities, args.head, args.rule, args.seed)
+        folds = protocol.fold_labels(Labels.from_manifest(args.manifest), cv)
+        store = FeatureStore(args.work)
+        results = [fuse(args.work, fold, modalities, args.head, args.rule, args.seed, store) for fold in folds]
     except Exception as exc:  # bad names, missing caches, NaN features, a crash: the run failed, exit 2
         return stage.run_failed(exc, args.verbose)
-    m = res.metrics
     width = max(len(x) for x in modalities + ["joint"])
-    print(f"test accuracy ({args.head} heads, seed {args.seed}):")
-    for name, pm in m["per_modality"].items():
-        print(f"  {name:<{width}}  {percent(pm['accuracy']):>8}  macro-F1 {percent(pm['macro_f1']):>8}  ({pm['n']} videos)")
-    j = m["joint"]
-    weights = ", ".join(f"{k} {v:.2f}" for k, v in j["weights"].items())
-    print(f"  {'joint':<{width}}  {percent(j['accuracy']):>8}  macro-F1 {percent(j['macro_f1']):>8}  ({j['n']} videos; "
-          f"{args.rule}: {weights})")
-    print(f"wrote {res.path / 'metrics.json'}")
+    for fold, res in zip(folds, results):
+        m = res.metrics
+        print(f"test accuracy ({args.head} heads, seed {args.seed}{', fold ' + fold.tag if fold.tag else ''}):")
+        for name, pm in m["per_modality"].items():
+            print(f"  {name:<{width}}  {percent(pm['accuracy']):>8}  macro-F1 {percent(pm['macro_f1']):>8}  ({pm['n']} videos)")
+        j = m["joint"]
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in j["weights"].items())
+        print(f"  {'joint':<{width}}  {percent(j['accuracy']):>8}  macro-F1 {percent(j['macro_f1']):>8}  ({j['n']} videos; "
+              f"{args.rule}: {weights})")
+        print(f"wrote {res.path / 'metrics.json'}")
+    if len(results) > 1:
+        accs = [r.metrics["joint"]["accuracy"] for r in results]
+        print(f"joint test accuracy over {len(results)} folds ({protocol.title(cv, len(results))}): "
+              f"{percent(float(np.mean(accs)))} ± {100 * float(np.std(accs, ddof=1)):.2f}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python -m classify.table [--manifest M] [--work W] [--seeds 5] [--dataset dmver|iemocap|music-video|other]
                              [--head lstm] [--rule weighted] [--extra-rows auto|none|NAMES] [--out DIR]
+                             [--cv fixed|K|groups] [--metric accuracy|balanced_accuracy|macro_f1]
 
 Rows and columns are data (`SEED_ROWS`, `EXTRA_ROWS`: each a `Row` of {column: modalities});
 the seed's three rows, as in the DMVER README:
@@ -17,10 +18,15 @@ wav2vec2, hubert). `--extra-rows auto` (default) shows the extra rows whose moda
 cache; `--extra-rows "R(2+1)D,HuBERT"` names them (a named row without its cache gives n/a cells). The footer's column notes are generated from the
 rows and the modality registry.
 
-Every cell is the test accuracy (and macro-F1) as mean +- std over seeds 0..SEEDS-1; seed S of
-a joint cell fuses the single runs of seed S (`classify.fuse`). Runs already in `W/runs/` are
-reused, so a second call only fuses and draws. Single modalities are trained one modality at a
-time through one `FeatureStore`, so each cache is loaded once.
+Every cell is the test accuracy, balanced accuracy and macro-F1 as mean +- std over seeds
+0..SEEDS-1 (with `--cv K|groups`, over folds x seeds: `classify.protocol`); seed S of a joint
+cell fuses the single runs of seed S (`classify.fuse`) on the same fold. Each cell also has a
+bootstrap 95 % interval over the test videos (`ci95`), and each joint cell a paired test
+against the best single modality it fuses (`p_joint_vs_best_single`; `classify.stats`).
+`--metric` chooses the headline of the Markdown; the JSON keeps all three. Runs already in
+`W/runs/` are reused, so a second call only fuses, tests and draws. Single modalities are
+trained one modality at a time through one `FeatureStore` (all folds and seeds of a modality in
+a row), so each cache is loaded once.
 
 Writes (each file atomically) `DIR/table.md` (also printed), `table.csv` (one row per cell),
 `table.json`, `confusion_joint.png` (the joint models' confusion matrices summed over seeds)
@@ -43,10 +49,12 @@ from pathlib import Path
 
 import numpy as np
 
+from classify import protocol, stats
 from classify.fuse import RULES, fuse
 from classify.heads import HEADS
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK
-from classify.train import FeatureStore, Labels, train_run
+from classify.train import FeatureStore, Labels, train_runs
+from extract.manifest import describe_leaks
 from extract import stage
 from features import cache
 
@@ -131,15 +139,16 @@ def select_extra_rows(work, names: str = "auto") -> tuple[Row, ...]:
 # ----------------------------------------------------------------------------- computing
 
 
-def _stats(values: list[float]) -> dict:
-    """Mean and sample std (ddof=1; 0 for one seed) of per-seed fractions."""
+def _stats(values: list[float], key: str = "per_seed") -> dict:
+    """Mean and sample std (ddof=1; 0 for one value) of per-run fractions; the values under `key`
+    (`per_seed` for the fixed split, `per_run` over folds x seeds, fold-major, for cross-validation)."""
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-            "per_seed": [float(v) for v in arr]}
+            key: [float(v) for v in arr]}
 
 
 def _mean_recall(recalls: list[dict], class_names: list[str]) -> dict:
-    """Per-class recall averaged over seeds (a class absent from the test split stays None)."""
+    """Per-class recall averaged over runs (a class absent from the test split stays None)."""
     out = {}
     for c in class_names:
         vals = [r.get(c) for r in recalls if r.get(c) is not None]
@@ -147,31 +156,55 @@ def _mean_recall(recalls: list[dict], class_names: list[str]) -> dict:
     return out
 
 
-def _train_singles(work, labels: Labels, head: str, seeds: list[int], store: FeatureStore, rows) -> dict:
-    """(modality, head) -> {"metrics": [per seed], "paths": [...]} or {"error": message}."""
+def _train_singles(work, folds: list[Labels], head: str, seeds: list[int], store: FeatureStore, rows,
+                   jobs: int = 1) -> dict:
+    """(modality, head) -> {"runs": [[RunResult per seed] per fold]} or {"error": message}.
+
+    Modality by modality (one cache in memory at a time), every fold and seed of it through
+    `train_runs` (`jobs` at a time): loading and time pooling are shared by all of them."""
     done = {}
     for modality, fixed in singles(rows):
         h = fixed or head
         if (modality, h) in done:
             continue
+        t = time.perf_counter()
         try:
-            results = []
-            for seed in seeds:
-                t = time.perf_counter()
-                r = train_run(work, labels, modality, h, seed, store=store)
-                log.info("%s %s seed %d: %s in %.1f s", modality, h, seed, "reused" if r.reused else "trained",
-                         time.perf_counter() - t)
-                results.append(r)
+            runs = train_runs(work, folds, modality, h, seeds, store=store, jobs=jobs)
         except (cache.CacheError, ValueError) as exc:
             done[(modality, h)] = {"error": str(exc)}
             log.warning("%s: n/a (%s)", modality, exc)
             continue
-        done[(modality, h)] = {"metrics": [r.metrics for r in results], "paths": [str(r.path) for r in results]}
+        trained = sum(not r.reused for per_seed in runs for r in per_seed)
+        log.info("%s %s: %d runs trained, %d reused in %.1f s", modality, h, trained,
+                 sum(len(p) for p in runs) - trained, time.perf_counter() - t)
+        done[(modality, h)] = {"runs": runs}
     return done
 
 
+def _pooled(grid: list[list[tuple[list[str], np.ndarray]]], n_seeds: int) -> tuple[list[str], np.ndarray]:
+    """Test predictions of every fold pooled per seed: (ids, `[seeds, n]` class indices, -1: not scored).
+
+    For the fixed split there is one fold; in cross-validation each video is in one fold's test
+    part, so seed s's pooled "run" scores every video once."""
+    order: dict[str, int] = {}
+    for per_seed in grid:
+        for ids, _ in per_seed:
+            for i in ids:
+                order.setdefault(i, len(order))
+    P = np.full((n_seeds, len(order)), -1, dtype=np.int64)
+    for per_seed in grid:
+        for s, (ids, pred) in enumerate(per_seed):
+            P[s, [order[i] for i in ids]] = pred
+    return list(order), P
+
+
+def _predictions(proba_ids, proba) -> tuple[list[str], np.ndarray]:
+    proba = np.asarray(proba)
+    return list(proba_ids), (proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=np.int64))
+
+
 def _cell(row: Row, column: str, modalities: tuple, head: str, rule: str, seeds: list[int], singles: dict,
-          work, labels: Labels, store: FeatureStore) -> dict:
+          work, folds: list[Labels], store: FeatureStore) -> dict:
     h = row.head or head
     cell = {"row": row.name, "column": column, "modalities": list(modalities), "head": h,
             "kind": "joint" if len(modalities) > 1 else "single", "status": "ok", "note": None,
@@ -183,30 +216,91 @@ def _cell(row: Row, column: str, modalities: tuple, head: str, rule: str, seeds:
         cell.update(status="n/a", note="; ".join(errors))
         return cell
     if cell["kind"] == "single":
-        metrics = singles[(modalities[0], h)]["metrics"]
-        paths = singles[(modalities[0], h)]["paths"]
-        joint = metrics
+        grid = singles[(modalities[0], h)]["runs"]
+        metrics = [[r.metrics for r in per_seed] for per_seed in grid]
+        scored = [[_predictions(r.test_ids, r.test_proba) for r in per_seed] for per_seed in grid]
     else:
         try:
-            fused = [fuse(work, labels, list(modalities), h, rule, seed, store) for seed in seeds]
+            grid = [[fuse(work, fold, list(modalities), h, rule, seed, store) for seed in seeds] for fold in folds]
         except (cache.CacheError, ValueError) as exc:
             cell.update(status="n/a", note=f"fusion failed: {exc}")
             return cell
-        joint = [f.metrics["joint"] for f in fused]
-        paths = [str(f.path) for f in fused]
+        metrics = [[f.metrics["joint"] for f in per_seed] for per_seed in grid]
+        scored = [[_predictions(f.test_ids, f.test_proba) for f in per_seed] for per_seed in grid]
+    joint = [m for per_fold in metrics for m in per_fold]
+    paths = [str(r.path) for per_fold in grid for r in per_fold]
+    if cell["kind"] == "joint":
         cell["weights"] = {m: float(np.mean([j["weights"][m] for j in joint])) for m in modalities}
     if any(j["accuracy"] is None for j in joint):
         cell.update(status="n/a", note="no test video has " + "+".join(modalities) + " features")
         return cell
+    key = "per_seed" if len(folds) == 1 else "per_run"
+    ids, P = _pooled(scored, len(seeds))
+    y = np.array([folds[0].label[i] for i in ids], dtype=np.int64)
+    dist = stats.bootstrap(y, P, len(folds[0].class_names))
     cell.update({
-        "accuracy": _stats([j["accuracy"] for j in joint]),
-        "macro_f1": _stats([j["macro_f1"] for j in joint]),
-        "n_test": int(joint[0]["n"]),
-        "per_class_recall": _mean_recall([j["per_class_recall"] for j in joint], labels.class_names),
+        **{m: _stats([j[m] for j in joint], key) for m in stats.METRICS},
+        "n_test": len(ids),
+        "ci95": stats.interval(dist["accuracy"]),
+        "ci95_by_metric": {m: stats.interval(dist[m]) for m in stats.METRICS},
+        "per_class_recall": _mean_recall([j["per_class_recall"] for j in joint], folds[0].class_names),
         "confusion_matrix_sum": np.sum([j["confusion_matrix"] for j in joint], axis=0).astype(int).tolist(),
         "runs": paths,
     })
+    cell["_scored"] = (ids, P)  # for the significance tests; dropped before the table is returned
     return cell
+
+
+def _single_scores(singles: dict, seeds: list[int]) -> dict:
+    """(modality, head) -> (ids, pooled predictions) of every single modality that trained."""
+    out = {}
+    for key, entry in singles.items():
+        if "runs" in entry:
+            out[key] = _pooled([[_predictions(r.test_ids, r.test_proba) for r in per_seed] for per_seed in entry["runs"]],
+                               len(seeds))
+    return out
+
+
+def _significance(cell: dict, scores: dict, label: dict[str, int], k: int) -> None:
+    """Add `p_joint_vs_best_single` (accuracy), `p_by_metric`, `best_single` and per-seed McNemar
+    tests to a joint cell: the joint model against the best single modality among those it fuses
+    (highest mean of each metric over its runs), on the videos both scored."""
+    ids_j, P_j = cell["_scored"]
+    where = {i: n for n, i in enumerate(ids_j)}
+    candidates = []
+    for m in cell["modalities"]:
+        if (m, cell["head"]) not in scores:
+            continue
+        ids_s, P_s = scores[(m, cell["head"])]
+        keep = [n for n, i in enumerate(ids_s) if i in where and (P_s[:, n] >= 0).all()]
+        if not keep:
+            continue
+        y = np.array([label[ids_s[n]] for n in keep], dtype=np.int64)
+        single, joint = P_s[:, keep], P_j[:, [where[ids_s[n]] for n in keep]]
+        d_s, d_j = stats.bootstrap(y, single, k), stats.bootstrap(y, joint, k)  # same seed, same n: same resamples
+        means = {metric: float(np.mean([stats.metric_from_confusion(_confusion(y, p, k), metric) for p in single]))
+                 for metric in stats.METRICS}
+        candidates.append({"modality": m, "means": means, "p": {metric: stats.paired_p(d_j[metric], d_s[metric])
+                                                                 for metric in stats.METRICS},
+                           "y": y, "joint": joint, "single": single})
+    if not candidates:
+        return
+    best = {metric: max(candidates, key=lambda c: c["means"][metric]) for metric in stats.METRICS}
+    top = best["accuracy"]
+    cell["best_single"] = top["modality"]
+    cell["best_single_by_metric"] = {metric: {"modality": c["modality"], "mean": c["means"][metric],
+                                              "n_common": len(c["y"])} for metric, c in best.items()}
+    cell["p_joint_vs_best_single"] = top["p"]["accuracy"]
+    cell["p_by_metric"] = {metric: c["p"][metric] for metric, c in best.items()}
+    y = top["y"]
+    cell["mcnemar_vs_best_single"] = [{"seed_index": s, **stats.mcnemar_exact(top["joint"][s] == y, top["single"][s] == y)}
+                                      for s in range(len(top["joint"]))]
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm
 
 
 def _describe_rows(rows) -> str:
@@ -226,27 +320,60 @@ def _describe_rows(rows) -> str:
 
 
 def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule: str = "weighted",
-                dataset: str = "other", extra_rows: tuple[Row, ...] = ()) -> dict:
-    """Train or reuse every run, fuse, and return the table as a JSON-ready dict (fractions)."""
+                dataset: str = "other", extra_rows: tuple[Row, ...] = (), cv="fixed", metric: str = "accuracy",
+                jobs: int = 1) -> dict:
+    """Train or reuse every run, fuse, and return the table as a JSON-ready dict (fractions).
+
+    `cv`: "fixed" (the manifest's split), K or "groups" (`classify.protocol`); `metric`: the
+    headline of the Markdown (the JSON has all three); `jobs`: single runs trained at a time
+    (`classify.train.train_runs`; 0 = one per core)."""
+    if metric not in stats.METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(stats.METRICS)}")
     t0 = time.perf_counter()
+    cv = protocol.parse_cv(cv)
+    folds = protocol.fold_labels(labels, cv)
     rows = SEED_ROWS + tuple(extra_rows)
     store = FeatureStore(work)
-    trained = _train_singles(work, labels, head, seeds, store, rows)
+    trained = _train_singles(work, folds, head, seeds, store, rows, jobs)
     published = PUBLISHED.get(dataset)
     cells = []
     for row in rows:
         for column, modalities in row.cells.items():
-            cell = _cell(row, column, modalities, head, rule, seeds, trained, work, labels, store)
+            cell = _cell(row, column, modalities, head, rule, seeds, trained, work, folds, store)
             if published is not None and row.published:
                 cell["published_accuracy_percent"] = published.get(row.name, {}).get(column)
             cells.append(cell)
+    scores = _single_scores(trained, seeds)
+    for cell in cells:
+        if cell["kind"] == "joint" and cell["status"] == "ok":
+            _significance(cell, scores, labels.label, len(labels.class_names))
+        cell.pop("_scored", None)
+    n_test = len(labels.ids("test")) if cv == protocol.FIXED else len(folds[0].label)
+    leaks = protocol.leaking_groups(labels) if cv == protocol.FIXED else {}
+    if leaks:
+        log.warning("the manifest's splits leak groups, so the scores may be inflated: %s", describe_leaks(leaks))
     return {
         "banner": cache.random_weights_banner(work, modalities_of(rows)),
         "dataset": dataset, "work": str(work), "seeds": seeds, "head": head,
+        "protocol": protocol.describe(cv, len(folds)),
+        "folds": [f.tag for f in folds] if cv != protocol.FIXED else [],
+        "held_out_groups": _held_out(folds) if cv == protocol.GROUPS else None,
+        "metric": metric,
+        "leaking_groups": describe_leaks(leaks) if leaks else None,
         "fixed_heads": {r.name: r.head for r in rows if r.head},
-        "rule": rule, "class_names": labels.class_names, "n_test": len(labels.ids("test")),
+        "rule": rule, "class_names": labels.class_names, "n_test": n_test,
         "units": "fractions (0..1) for ours; published_accuracy_percent in percent",
         "published_source": "FACTS.md section 2 (the seed DMVER README's table)" if published else None,
+        "intervals": {"ci95": "percentile bootstrap 95 % interval of the test accuracy (ci95_by_metric: each metric) "
+                              "over the test videos: videos resampled with replacement, the metric of every run on each "
+                              "resample averaged over the runs (seeds; in cross-validation each seed pools all folds)",
+                      "n_boot": stats.N_BOOT, "seed": stats.SEED},
+        "significance": {"p_joint_vs_best_single": "one-sided paired bootstrap over the test videos both models scored "
+                                                   "(same resamples as ci95): (1 + #resamples with joint - best single "
+                                                   "<= 0) / (n_boot + 1), on accuracy (p_by_metric: each metric); "
+                                                   "best single = the fused modality with the highest mean",
+                         "mcnemar_vs_best_single": "exact McNemar test (two-sided) per seed on the same videos",
+                         "alpha": stats.ALPHA},
         "rows": [{"name": r.name, "cells": {c: list(m) for c, m in r.cells.items()}, "head": r.head,
                   "in_published_table": r.published} for r in rows],
         "columns": _describe_rows(rows),
@@ -255,13 +382,35 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
     }
 
 
+def _held_out(folds: list[Labels]) -> list[str]:
+    """The group each leave-one-group-out fold tests."""
+    return [next(iter({f.group[i] for i in f.ids("test")})) for f in folds]
+
+
 # ----------------------------------------------------------------------------- rendering
+
+
+METRIC_NAMES = {"accuracy": "Test accuracy", "balanced_accuracy": "Balanced accuracy (mean per-class recall)",
+                "macro_f1": "Macro-F1"}
 
 
 def _pct(stats: dict | None, with_std: bool = True) -> str:
     if not stats:
         return "n/a"
     return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}" if with_std else f"{100 * stats['mean']:.2f}"
+
+
+def _cell_text(cell: dict, metric: str, with_ci: bool) -> str:
+    """`61.70 ± 1.20 [58.90, 64.30]`, and ` (n.s.)` for a joint cell not significantly better than
+    its best single modality."""
+    text = _pct(cell.get(metric))
+    if with_ci and cell.get("ci95_by_metric"):
+        lo, hi = cell["ci95_by_metric"][metric]
+        text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"  # one decimal: the interval is not known better
+    p = (cell.get("p_by_metric") or {}).get(metric)
+    if with_ci and p is not None and p >= stats.ALPHA:
+        text += " (n.s.)"
+    return text
 
 
 def _find(table: dict, row: str, column: str) -> dict | None:
@@ -274,7 +423,7 @@ def _seed_text(seeds: list[int]) -> str:
     return f"{', '.join(map(str, seeds))} ({len(seeds)} per cell)"
 
 
-def _grid(table: dict, rows: list[dict], metric: str, published: bool, notes: list[str]) -> list[str]:
+def _grid(table: dict, rows: list[dict], metric: str, published: bool, notes: list[str], with_ci: bool = False) -> list[str]:
     """One Markdown table of `rows` (from table["rows"]) over the columns they declare."""
     columns = list(dict.fromkeys(c for r in rows for c in r["cells"]))
     header = ["Method"]
@@ -285,7 +434,7 @@ def _grid(table: dict, rows: list[dict], metric: str, published: bool, notes: li
         out = [row["name"]]
         for col in columns:
             cell = _find(table, row["name"], col)
-            text = "-" if cell is None else _pct(cell.get(metric))
+            text = "-" if cell is None else _cell_text(cell, metric, with_ci)
             if cell is not None and cell["status"] != "ok":
                 note = f"{row['name']} {col} ({'+'.join(cell['modalities'])}): {cell['note']}"
                 if note not in notes:
@@ -299,76 +448,130 @@ def _grid(table: dict, rows: list[dict], metric: str, published: bool, notes: li
     return lines
 
 
+def _protocol_lines(table: dict, fewer: str) -> list[str]:
+    cv, n = table["protocol"]["cv"], table["protocol"]["folds"]
+    if cv == protocol.FIXED:
+        return [f"- Test videos: {table['n_test']} (manifest test split){fewer}."]
+    how = (f"leave-one-group-out, one fold per group ({', '.join(table['held_out_groups'])})" if cv == protocol.GROUPS
+           else f"{cv}-fold cross-validation, stratified by class and group-aware")
+    return [f"- Protocol: {how}, over all {table['n_test']} labelled videos (the manifest's splits are not used); "
+            f"no group is in two parts of a fold, and the validation part is whole groups carved out of each fold's "
+            f"training part. Every video is tested once per seed; runs `W/runs/*-{table['folds'][0]}` .. "
+            f"`*-{table['folds'][-1]}`.",
+            f"- Test videos: {table['n_test']} over the {n} folds{fewer}."]
+
+
 def markdown(table: dict) -> str:
     """The table as Markdown, the random-weights banner (if any) first; rows beyond the seed's
-    table follow in a table of their own, marked as not published."""
+    table follow in a table of their own, marked as not published. The headline metric (with
+    its bootstrap interval) first, then the two others (mean ± std)."""
     published = table["published_source"] is not None
     name = DATASET_NAMES[table["dataset"]]
     seed_rows = [r for r in table["rows"] if r["in_published_table"]]
     extra_rows = [r for r in table["rows"] if not r["in_published_table"]]
     n_seeds = len(table["seeds"])
+    prot = table.get("protocol", {"cv": protocol.FIXED, "folds": 1})
+    fixed = prot["cv"] == protocol.FIXED
+    over = f"{n_seeds} seed{'s' if n_seeds > 1 else ''}" if fixed else f"{prot['folds']} folds × {n_seeds} seed{'s' if n_seeds > 1 else ''}"
+    metric = table.get("metric", "accuracy")
     lines = []
     if table["banner"]:
         lines += [table["banner"], ""]
-    lines += [f"## Emotion recognition results on {name} (test split)", "",
-              f"Test accuracy (%), mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''}"
-              + (f"; \"published\" = {table['published_source']}." if published else "."), ""]
+    lines += [f"## Emotion recognition results on {name} ({protocol.title(prot['cv'], prot['folds'])})", "",
+              f"{METRIC_NAMES[metric]} (%), mean ± std over {over} [95 % bootstrap interval over test videos]"
+              + (f"; \"published\" = {table['published_source']}." if published and metric == "accuracy" else "."), ""]
     notes: list[str] = []
-    lines += _grid(table, seed_rows, "accuracy", published, notes)
+    lines += _grid(table, seed_rows, metric, published and metric == "accuracy", notes, with_ci=True)
     if extra_rows:
-        lines += ["", "Beyond the published table (these rows are not in the seed's results), test accuracy (%):", ""]
-        lines += _grid(table, extra_rows, "accuracy", False, notes)
-    lines += ["", "Macro-F1 (%), mean ± std over the same runs:", ""]
-    lines += _grid(table, seed_rows, "macro_f1", False, notes)
-    if extra_rows:
-        lines += [""] + _grid(table, extra_rows, "macro_f1", False, notes)
+        lines += ["", f"Beyond the published table (these rows are not in the seed's results), {METRIC_NAMES[metric].lower()} (%):", ""]
+        lines += _grid(table, extra_rows, metric, False, notes, with_ci=True)
+    for other in (m for m in stats.METRICS if m != metric):
+        lines += ["", f"{METRIC_NAMES[other]} (%), mean ± std over the same runs"
+                  + (f"; \"published\" = {table['published_source']}:" if published and other == "accuracy" else ":"), ""]
+        lines += _grid(table, seed_rows, other, published and other == "accuracy", notes)
+        if extra_rows:
+            lines += [""] + _grid(table, extra_rows, other, False, notes)
     lines.append("")
     if notes:
         lines += ["Not available:"] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)] + [""]
+    n_runs = table["n_test"]
     counts = sorted({(c["n_test"], "+".join(c["modalities"])) for c in table["cells"] if c["status"] == "ok"
-                     and c["n_test"] != table["n_test"]}, key=lambda t: t[1])
+                     and c["n_test"] != n_runs}, key=lambda t: t[1])
     fewer = "".join(f"; {m} cells score {n} (videos without {m} are left out)" for n, m in counts)
     weights = []
     for c in table["cells"]:
         if c["kind"] == "joint" and c["status"] == "ok":
             weights.append(f"{c['row']} " + ", ".join(f"{m} {w:.2f}" for m, w in c["weights"].items()))
-    fixed = "".join(f" (the {r} row always uses {h})" for r, h in table["fixed_heads"].items())
+    fixed_heads = "".join(f" (the {r} row always uses {h})" for r, h in table["fixed_heads"].items())
+    joints = [c for c in table["cells"] if c["kind"] == "joint" and c.get("p_by_metric")]
+    if table.get("leaking_groups"):
+        lines.append(f"- **Warning**: the manifest's splits put {table['leaking_groups']}; a classifier may "
+                     f"recognise them instead of the emotion (`python -m extract.manifest check`; `--cv K` keeps "
+                     f"groups whole).")
     lines += [
-        f"- Seeds: {_seed_text(table['seeds'])}; std is the sample standard deviation over seeds (ddof=1).",
-        f"- Head: {table['head']} on frozen backbone features{fixed}; fusion rule: {table['rule']} (late fusion of "
+        f"- Seeds: {_seed_text(table['seeds'])}; std is the sample standard deviation over "
+        f"{'seeds' if fixed else 'folds × seeds'} (ddof=1).",
+        f"- Head: {table['head']} on frozen backbone features{fixed_heads}; fusion rule: {table['rule']} (late fusion of "
         f"the single runs' class probabilities, chosen on the validation split)"
         + (f"; mean weights: {'; '.join(weights)}." if weights else "."),
-        f"- Test videos: {table['n_test']} (manifest test split){fewer}.",
-        f"- Columns: {table['columns']}.",
-        "- Accuracies and macro-F1 in percent.",
+        *_protocol_lines(table, fewer),
+        f"- [low, high]: 95 % bootstrap interval of the {METRIC_NAMES[metric].lower()} over the test videos "
+        f"({stats.N_BOOT} resamples of the videos, seed {stats.SEED}; on each resample the mean over "
+        f"{'the seeds' if fixed else 'the seeds, each pooling all folds'}).",
     ]
+    if joints:
+        ns = [f"{c['row']} (p = {c['p_by_metric'][metric]:.3f} against {c['best_single_by_metric'][metric]['modality']})"
+              for c in joints]
+        lines.append(f"- (n.s.): the joint model is not significantly better than the best single modality it fuses "
+                     f"(one-sided paired bootstrap over the videos both scored, p ≥ {stats.ALPHA}); {'; '.join(ns)}. "
+                     f"Exact McNemar tests per seed are in table.json.")
+    lines += [f"- Columns: {table['columns']}.",
+              "- Accuracies, balanced accuracies and macro-F1 in percent."]
     return "\n".join(lines) + "\n"
 
 
 CSV_FIELDS = ("method", "column", "modalities", "in_published_table", "head", "rule", "status", "note", "n_test", "seeds",
-              "accuracy_mean_pct", "accuracy_std_pct", "accuracy_per_seed_pct", "macro_f1_mean_pct",
-              "macro_f1_std_pct", "macro_f1_per_seed_pct", "published_accuracy_pct")
+              "protocol", "folds", "accuracy_mean_pct", "accuracy_std_pct", "accuracy_per_seed_pct",
+              "accuracy_ci95_low_pct", "accuracy_ci95_high_pct", "balanced_accuracy_mean_pct",
+              "balanced_accuracy_std_pct", "balanced_accuracy_per_seed_pct", "macro_f1_mean_pct", "macro_f1_std_pct",
+              "macro_f1_per_seed_pct", "best_single", "p_joint_vs_best_single", "published_accuracy_pct")
 
 
 def csv_text(table: dict) -> str:
-    """One row per cell; per-seed values joined by ';' (percent, two decimals kept as floats)."""
+    """One row per cell; per-run values joined by ';' (percent, two decimals kept as floats): per
+    seed for the fixed split, per fold and seed (fold-major) in cross-validation."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
+    prot = table.get("protocol", {"cv": protocol.FIXED, "folds": 1})
     for c in table["cells"]:
         row = {"method": c["row"], "column": c["column"], "modalities": "+".join(c["modalities"]),
                "in_published_table": c["in_published_table"], "head": c["head"],
                "rule": c.get("rule", ""), "status": c["status"], "note": c["note"] or "",
                "n_test": c.get("n_test", ""), "seeds": ";".join(map(str, table["seeds"])),
+               "protocol": prot["cv"], "folds": prot["folds"],
+               "best_single": c.get("best_single", ""),
+               "p_joint_vs_best_single": "" if c.get("p_joint_vs_best_single") is None else c["p_joint_vs_best_single"],
                "published_accuracy_pct": "" if c.get("published_accuracy_percent") is None
                else c["published_accuracy_percent"]}
-        for key in ("accuracy", "macro_f1"):
+        for key in stats.METRICS:
             s = c.get(key)
             row[f"{key}_mean_pct"] = "" if s is None else round(100 * s["mean"], 4)
             row[f"{key}_std_pct"] = "" if s is None else round(100 * s["std"], 4)
-            row[f"{key}_per_seed_pct"] = "" if s is None else ";".join(f"{100 * v:.4f}" for v in s["per_seed"])
+            values = None if s is None else s.get("per_seed", s.get("per_run"))
+            row[f"{key}_per_seed_pct"] = "" if s is None else ";".join(f"{100 * v:.4f}" for v in values)
+        ci = c.get("ci95")
+        row["accuracy_ci95_low_pct"] = "" if ci is None else round(100 * ci[0], 4)
+        row["accuracy_ci95_high_pct"] = "" if ci is None else round(100 * ci[1], 4)
         writer.writerow(row)
     return buf.getvalue()
+
+
+def _runs_text(table: dict) -> str:
+    seeds = len(table["seeds"])
+    folds = table.get("protocol", {}).get("folds", 1)
+    text = f"{seeds} seed{'s' if seeds > 1 else ''}"
+    return text if folds == 1 else f"{folds} folds × {text}"
 
 
 def _confusion_figure(table: dict):
@@ -382,7 +585,6 @@ def _confusion_figure(table: dict):
     size = max(4.0, 0.9 * k + 2.5)
     fig = Figure(figsize=(size * len(joints), size + 0.4), layout="constrained")
     axes = fig.subplots(1, len(joints), squeeze=False)[0]
-    seeds = len(table["seeds"])
     for ax, c in zip(axes, joints):
         cm = np.asarray(c["confusion_matrix_sum"], dtype=np.int64)
         share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -396,7 +598,7 @@ def _confusion_figure(table: dict):
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.set_title(f"{c['row']} joint ({'+'.join(c['modalities'])}, {c['rule']})\n"
-                     f"test counts summed over {seeds} seed{'s' if seeds > 1 else ''}; row %", fontsize=10)
+                     f"test counts summed over {_runs_text(table)}; row %", fontsize=10)
     return fig
 
 
@@ -433,8 +635,7 @@ def _recall_figure(table: dict):
     ax.set_xlabel("true class")
     ax.set_ylabel("per-class accuracy (recall), %")
     ax.set_ylim(0, 110)
-    seeds = len(table["seeds"])
-    ax.set_title(f"Per-class test accuracy by modality, mean over {seeds} seed{'s' if seeds > 1 else ''} "
+    ax.set_title(f"Per-class test accuracy by modality, mean over {_runs_text(table)} "
                  f"({table['head']} head, {table['rule']} fusion)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
@@ -485,6 +686,13 @@ def main(argv=None) -> int:
     parser.add_argument("--head", default="lstm", choices=HEADS)
     parser.add_argument("--rule", default="weighted", choices=RULES)
     parser.add_argument("--out", default=None, help="output folder (default WORK/table)")
+    parser.add_argument("--cv", default="fixed", help="fixed (the manifest's split, as published; default), K "
+                                                      "(group-aware K-fold over all labelled videos) or groups "
+                                                      "(leave-one-group-out); see classify.protocol")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="single runs trained at a time in worker processes (default 0: one per core)")
+    parser.add_argument("--metric", default="accuracy", choices=stats.METRICS,
+                        help="headline metric of the Markdown (table.json keeps all three)")
     parser.add_argument("--extra-rows", default="auto",
                         help="rows beyond the seed's table: auto (those whose caches exist), none, or names: "
                              + ", ".join(r.name for r in EXTRA_ROWS))
@@ -499,7 +707,8 @@ def main(argv=None) -> int:
         if banner:
             print(banner + "\n", flush=True)
         labels = Labels.from_manifest(args.manifest)
-        table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset, extra)
+        table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset, extra,
+                            cv=args.cv, metric=args.metric, jobs=args.jobs)
     except Exception as exc:  # a bad manifest or row name, a crash: the run failed, exit 2
         return stage.run_failed(exc, args.verbose)
     if not any(c["status"] == "ok" for c in table["cells"]):

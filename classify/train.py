@@ -1,6 +1,7 @@
 """Train one head on one modality's cached features.
 
     python -m classify.train --modality rgb --head lstm [--seed 0] [--work W] [--manifest M] [--force]
+                             [--cv fixed|K|groups]
 
 Trains on the manifest's train split, stops early on its val split, and scores val and test.
 Only videos that have the modality take part (a video without audio is in no audio run); the
@@ -15,6 +16,8 @@ counts are in metrics.json. Each run writes, atomically, `W/runs/<modality>-<hea
     model.joblib      the fitted head (joblib.load gives the estimator back)
 
 A run whose folder holds the same settings is reused, not trained again; `--force` retrains.
+`--cv K|groups` trains one run per cross-validation fold instead (`classify.protocol`), in
+`W/runs/<modality>-<head>-seed<S>-cv<K>f<k>/` (`-cvgroupsf<k>`), each reused the same way.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,11 +46,13 @@ SPLITS = ("train", "val", "test")
 
 
 class Labels(NamedTuple):
-    """What the classifiers need from a manifest."""
+    """What the classifiers need from a manifest (or one cross-validation fold of it)."""
     class_names: list[str]
     label: dict[str, int]   # id -> class index
     split: dict[str, str]   # id -> train / val / test
     digest: str             # changes when any (id, label, split) changes
+    group: dict[str, str] | None = None  # id -> group, for the videos that have one
+    tag: str = ""           # run-name suffix of a cross-validation fold ("cv5f2"); "" for the manifest's split
 
     @classmethod
     def from_manifest(cls, path) -> "Labels":
@@ -54,12 +60,28 @@ class Labels(NamedTuple):
 
         videos = read_manifest(path)
         names = class_names(videos)
-        rows = sorted((v.id, v.label, v.split) for v in videos)
-        digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
-        return cls(names, {v.id: names.index(v.label) for v in videos}, {v.id: v.split for v in videos}, digest)
+        label = {v.id: names.index(v.label) for v in videos}
+        split = {v.id: v.split for v in videos}
+        return cls(names, label, split, split_digest(videos_rows(names, label, split)),
+                   {v.id: v.group for v in videos if v.group})
+
+    def with_splits(self, split: dict[str, str], tag: str) -> "Labels":
+        """The same videos and classes under other splits (a fold); the digest follows the splits."""
+        label = {i: self.label[i] for i in split}
+        return self._replace(label=label, split=dict(split), tag=tag,
+                             digest=split_digest(videos_rows(self.class_names, label, split)))
 
     def ids(self, split: str) -> list[str]:
         return [i for i, s in self.split.items() if s == split]
+
+
+def videos_rows(names: list[str], label: dict[str, int], split: dict[str, str]) -> list[tuple[str, str, str]]:
+    return sorted((i, names[label[i]], split[i]) for i in split)
+
+
+def split_digest(rows: list[tuple[str, str, str]]) -> str:
+    """16 hex digits of the sorted (id, label, split) rows: what a run's reuse depends on."""
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
 class RunResult(NamedTuple):
@@ -81,6 +103,14 @@ class FeatureStore:
         self.modality: str | None = None
         self._variants: dict = {}
 
+    @classmethod
+    def holding(cls, work, modality: str, max_steps: int | None, features: cache.Features) -> "FeatureStore":
+        """A store that already holds `features` (one modality, time-pooled to `max_steps`): what
+        `train_runs`' worker processes get, the arrays memory-mapped from the parent's."""
+        store = cls(work)
+        store.modality, store._variants = modality, {max_steps: features}
+        return store
+
     def get(self, modality: str, max_steps: int | None = None) -> cache.Features:
         if modality != self.modality:
             self._variants = {}  # drop the previous modality before loading the next one
@@ -96,12 +126,13 @@ class FeatureStore:
         return self._variants[max_steps]
 
 
-def run_name(modality: str, head: str, seed: int) -> str:
-    return f"{modality}-{head}-seed{seed}"
+def run_name(modality: str, head: str, seed: int, tag: str = "") -> str:
+    """`rgb-lstm-seed0`; a cross-validation fold adds its tag: `rgb-lstm-seed0-cv5f2`."""
+    return f"{modality}-{head}-seed{seed}" + (f"-{tag}" if tag else "")
 
 
-def run_path(work, modality: str, head: str, seed: int) -> Path:
-    return Path(work) / "runs" / run_name(modality, head, seed)
+def run_path(work, modality: str, head: str, seed: int, tag: str = "") -> Path:
+    return Path(work) / "runs" / run_name(modality, head, seed, tag)
 
 
 def load_run(path) -> RunResult:
@@ -113,9 +144,12 @@ def load_run(path) -> RunResult:
 
 
 def _settings(work, labels: Labels, modality: str, head_name: str, head) -> dict:
-    return {"format": RUN_FORMAT, "modality": modality, "head": head_name, "seed": head.seed,
-            "params": head.get_params(), "cache": cache.fingerprint(work, modality),
-            "manifest": labels.digest, "class_names": labels.class_names}
+    settings = {"format": RUN_FORMAT, "modality": modality, "head": head_name, "seed": head.seed,
+                "params": head.get_params(), "cache": cache.fingerprint(work, modality),
+                "manifest": labels.digest, "class_names": labels.class_names}
+    if labels.tag:
+        settings["fold"] = labels.tag  # a fold's digest already covers its splits; the tag names it
+    return settings
 
 
 def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", seed: int = 0,
@@ -128,14 +162,11 @@ def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", see
         labels = Labels.from_manifest(labels)
     estimator = make_head(head, seed=seed, **(params or {}))
     settings = _settings(work, labels, modality, head, estimator)
-    final = run_path(work, modality, head, seed)
-    if not force and (final / "settings.json").is_file() and (final / "predictions.npz").is_file():
-        try:
-            if read_json(final / "settings.json") == json.loads(json.dumps(settings)):
-                log.debug("reusing %s", final)
-                return load_run(final)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: train again
+    final = run_path(work, modality, head, seed, labels.tag)
+    if not force:
+        reused = _reuse(final, settings)
+        if reused is not None:
+            return reused
     store = store or FeatureStore(work)
     feats = store.get(modality, estimator.max_steps if isinstance(estimator, LSTMHead) else None)
     row = {vid: i for i, vid in enumerate(feats.ids)}
@@ -151,7 +182,7 @@ def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", see
         raise ValueError(f"no training video has {modality} features (manifest and cache do not match?)")
     _, va, y_va = parts["val"]
     k = len(labels.class_names)
-    log.info("training %s on %d %s sequences (val %d, test %d)", run_name(modality, head, seed), len(tr), modality,
+    log.info("training %s on %d %s sequences (val %d, test %d)", run_name(modality, head, seed, labels.tag), len(tr), modality,
              len(va), len(parts["test"][1]))
     t = time.perf_counter()
     estimator.fit(feats.x[tr], feats.lengths[tr], y_tr, feats.x[va], feats.lengths[va], y_va, n_classes=k)
@@ -180,6 +211,79 @@ def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", see
     return RunResult(final, metrics, labels.class_names, list(parts["val"][0]), val_p, list(test_ids), test_p, False)
 
 
+def _reuse(final: Path, settings: dict) -> RunResult | None:
+    """The run in `final` if it was made with exactly these settings, else None (train again)."""
+    if (final / "settings.json").is_file() and (final / "predictions.npz").is_file():
+        try:
+            if read_json(final / "settings.json") == json.loads(json.dumps(settings)):
+                log.debug("reusing %s", final)
+                return load_run(final)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: train again
+    return None
+
+
+def reused_run(work, labels: Labels, modality: str, head: str = "lstm", seed: int = 0,
+               params: dict | None = None) -> RunResult | None:
+    """What `train_run` would reuse for these arguments, or None when it would train."""
+    estimator = make_head(head, seed=seed, **(params or {}))
+    return _reuse(run_path(work, modality, head, seed, labels.tag), _settings(work, labels, modality, head, estimator))
+
+
+def effective_jobs(jobs: int) -> int:
+    """`jobs` worker processes; 0 (or less) means one per available core."""
+    if jobs > 0:
+        return jobs
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def train_runs(work, folds: list[Labels], modality: str, head: str = "lstm", seeds=(0,), params: dict | None = None,
+               store: FeatureStore | None = None, jobs: int = 1) -> list[list[RunResult]]:
+    """Every (fold, seed) run of one modality, as `[fold][seed]`: reusable runs are read back, the
+    others trained, `jobs` at a time.
+
+    The runs of one modality are independent, and each head trains on one torch thread, so on a
+    2-core machine two of them in parallel take about the time of one. Workers are processes
+    (joblib's loky), not threads: torch's random generator is process-wide, so threads would
+    make a seed's result depend on its neighbour. The features are loaded and time-pooled once,
+    here, and memory-mapped into the workers (joblib dumps arrays above 1 MB once per call), so a
+    worker costs the training copy of its fold, not another cache. A run trained in a worker
+    is the same run, bit for bit, as one trained here (tests/test_protocol.py).
+    """
+    out: list[list[RunResult | None]] = [[None] * len(seeds) for _ in folds]
+    pending = []
+    for f, fold in enumerate(folds):
+        for s, seed in enumerate(seeds):
+            out[f][s] = reused_run(work, fold, modality, head, seed, params)
+            if out[f][s] is None:
+                pending.append((f, s))
+    store = store or FeatureStore(work)
+    jobs = min(effective_jobs(jobs), len(pending))
+    if jobs <= 1:
+        for f, s in pending:
+            out[f][s] = train_run(work, folds[f], modality, head, seeds[s], params, store)
+        return out
+    from joblib import Parallel, delayed
+
+    estimator = make_head(head, **(params or {}))
+    max_steps = estimator.max_steps if isinstance(estimator, LSTMHead) else None
+    feats = store.get(modality, max_steps)
+    log.info("training %d %s runs, %d at a time", len(pending), modality, jobs)
+    results = Parallel(n_jobs=jobs, backend="loky", max_nbytes="1M", mmap_mode="r")(
+        delayed(_train_in_worker)(work, folds[f], modality, head, seeds[s], params, max_steps, feats)
+        for f, s in pending)
+    for (f, s), r in zip(pending, results):
+        out[f][s] = r
+    return out
+
+
+def _train_in_worker(work, labels: Labels, modality: str, head: str, seed: int, params, max_steps, feats) -> RunResult:
+    return train_run(work, labels, modality, head, seed, params, FeatureStore.holding(work, modality, max_steps, feats))
+
+
 def percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
@@ -194,20 +298,33 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=DEFAULT_WORK)
     parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
     parser.add_argument("--force", action="store_true", help="train again even if the run exists")
+    parser.add_argument("--cv", default="fixed", help="fixed (the manifest's split, default), K (group-aware "
+                                                      "K-fold) or groups (leave-one-group-out); see classify.protocol")
     parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        from classify import protocol
+
+        cv = protocol.parse_cv(args.cv)
         banner = cache.random_weights_banner(args.work, [args.modality])
         if banner:
             print(banner + "\n")
-        run = train_run(args.work, args.manifest, args.modality, args.head, args.seed, force=args.force)
+        folds = protocol.fold_labels(Labels.from_manifest(args.manifest), cv)
+        store = FeatureStore(args.work)
+        runs = [train_run(args.work, fold, args.modality, args.head, args.seed, store=store, force=args.force)
+                for fold in folds]
     except Exception as exc:  # bad names, missing cache, NaN features, a crash: the run failed, exit 2
         return stage.run_failed(exc, args.verbose)
-    m = run.metrics
-    print(f"{args.modality} {args.head} seed {args.seed}: test accuracy {percent(m['accuracy'])}, macro-F1 "
-          f"{percent(m['macro_f1'])} on {m['n']} videos (val accuracy {percent(m['val']['accuracy'])}); "
-          f"{run.path}{' (reused)' if run.reused else ''}")
+    for fold, run in zip(folds, runs):
+        m = run.metrics
+        print(f"{args.modality} {args.head} seed {args.seed}{' fold ' + fold.tag if fold.tag else ''}: test accuracy "
+              f"{percent(m['accuracy'])}, macro-F1 {percent(m['macro_f1'])} on {m['n']} videos (val accuracy "
+              f"{percent(m['val']['accuracy'])}); {run.path}{' (reused)' if run.reused else ''}")
+    if len(runs) > 1:
+        accs = [r.metrics["accuracy"] for r in runs]
+        print(f"test accuracy over {len(runs)} folds ({protocol.title(cv, len(runs))}): "
+              f"{percent(float(np.mean(accs)))} ± {100 * float(np.std(accs, ddof=1)):.2f}")
     return 0
 
 

@@ -1,11 +1,14 @@
 """The manifest: one CSV per dataset that every stage reads.
 
 Columns `id,path,label,split`, optionally `start,end` (seconds, for clips cut out of longer
-videos such as IEMOCAP utterances) and `text` (the caption). Paths are stored relative to the
+videos such as IEMOCAP utterances), `text` (the caption) and `group` (who or where the video
+comes from: publisher, speaker, session; videos of one group never straddle splits that the
+builders make, so that a classifier cannot score by recognising the person). Paths are stored relative to the
 manifest's folder when they lie below it, so a dataset folder can be moved as a whole.
 
 Builders (`python -m extract.manifest folder|list|iemocap ...`) turn the three source layouts
-into a manifest. A missing video file is only a warning here: the stages record it as that one
+into a manifest; `python -m extract.manifest check M` reports on one (classes, splits, groups,
+leaks, missing files, captions). A missing video file is only a warning here: the stages record it as that one
 video's failure, so a 31,761-row manifest with one missing file still runs.
 """
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Video:
     start: float | None = None
     end: float | None = None
     text: str | None = None
+    group: str | None = None
 
 
 def class_names(videos: Iterable[Video]) -> list[str]:
@@ -61,6 +65,13 @@ def _float_or_none(value: str | None) -> float | None:
 
 def read_manifest(path: str | os.PathLike, require_split: bool = True, require_label: bool = True) -> list[Video]:
     """Read and validate a manifest; relative video paths are resolved against its folder."""
+    videos = read_rows(path)
+    validate(videos, require_split=require_split, require_label=require_label, source=str(path))
+    return videos
+
+
+def read_rows(path: str | os.PathLike) -> list[Video]:
+    """The rows of a manifest as videos, without `validate` (`check` reports its problems itself)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
@@ -82,9 +93,8 @@ def read_manifest(path: str | os.PathLike, require_split: bool = True, require_l
             videos.append(Video(
                 id=(row["id"] or "").strip(), path=video_path, label=(row["label"] or "").strip(),
                 split=(row["split"] or "").strip(), start=start, end=end,
-                text=row.get("text") or None,
+                text=row.get("text") or None, group=(row.get("group") or "").strip() or None,
             ))
-    validate(videos, require_split=require_split, require_label=require_label, source=str(path))
     return videos
 
 
@@ -98,6 +108,8 @@ def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
         columns += ["start", "end"]
     if any(v.text for v in videos):
         columns.append("text")
+    if any(v.group for v in videos):
+        columns.append("group")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -113,6 +125,7 @@ def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
             for key in ("start", "end"):
                 row[key] = "" if row[key] is None else f"{row[key]:.4f}"
             row["text"] = row["text"] or ""
+            row["group"] = row["group"] or ""
             writer.writerow(row)
     os.replace(tmp, path)
     return path
@@ -152,18 +165,51 @@ def validate(videos: Sequence[Video], require_split: bool = True, source: str = 
 # ----------------------------------------------------------------------------- splitting
 
 
-def assign_splits(videos: Sequence[Video], seed: int = 0, pattern: Sequence[str] = ("train",) * 3 + ("val", "test")) -> list[Video]:
-    """Keep splits the source already has; otherwise a seeded per-class 60/20/20 split.
+def leaking_groups(videos: Sequence[Video]) -> dict[str, list[str]]:
+    """Groups whose videos sit in more than one split: {group: splits in SPLITS order}.
 
-    As published: per class, round robin over the (here seeded-shuffled) list, 3 of every 5
-    videos to train, 1 to val, 1 to test. A class too small to reach every split is an error.
+    Such a group lets a classifier score on the test split by recognising the person, room or
+    camera it saw in training, which is why the builders never make one."""
+    return leaks_of((v.group, v.split) for v in videos)
+
+
+def leaks_of(pairs: Iterable[tuple[str | None, str]]) -> dict[str, list[str]]:
+    """`leaking_groups` over (group, split) pairs (videos without a group or split are skipped)."""
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    for group, split in pairs:
+        if group and split:
+            splits_of[group].add(split)
+    return {g: [s for s in SPLITS if s in found] for g, found in sorted(splits_of.items()) if len(found) > 1}
+
+
+def describe_leaks(leaks: dict[str, list[str]], shown: int = 10) -> str:
+    """One line naming the leaking groups (the first `shown` of them) and their splits."""
+    names = ", ".join(f"{g!r} ({'/'.join(s)})" for g, s in list(leaks.items())[:shown])
+    more = f" and {len(leaks) - shown} more" if len(leaks) > shown else ""
+    return f"{len(leaks)} group(s) in two or more splits: {names}{more}"
+
+
+def assign_splits(videos: Sequence[Video], seed: int = 0, pattern: Sequence[str] = ("train",) * 3 + ("val", "test")) -> list[Video]:
+    """Keep splits the source already has; otherwise a seeded 60/20/20 split, by group if any.
+
+    Without groups, as published: per class, round robin over the (here seeded-shuffled) list,
+    3 of every 5 videos to train, 1 to val, 1 to test; a class too small to reach every split is
+    an error. With a `group` column, whole groups are dealt out instead (`group_splits`), so no
+    group is in two splits. Given splits that put a group in two splits are kept, with a warning
+    naming the groups.
     """
     if all(v.split for v in videos):
         validate(videos)
+        leaks = leaking_groups(videos)
+        if leaks:
+            log.warning("the given splits leak groups (a classifier may recognise them instead of the emotion): %s",
+                        describe_leaks(leaks))
         return list(videos)
     if any(v.split for v in videos):
         partial = [v.id for v in videos if not v.split][:5]
         raise ManifestError(f"some videos have a split and some do not (e.g. {partial}); give all or none")
+    if any(v.group for v in videos):
+        return group_splits(videos, seed, pattern)
     by_class: dict[str, list[int]] = defaultdict(list)
     for i, v in enumerate(videos):
         by_class[v.label].append(i)
@@ -184,6 +230,40 @@ def assign_splits(videos: Sequence[Video], seed: int = 0, pattern: Sequence[str]
     return out
 
 
+def group_splits(videos: Sequence[Video], seed: int = 0, pattern: Sequence[str] = ("train",) * 3 + ("val", "test")) -> list[Video]:
+    """Deal whole groups into `pattern`'s splits (3:1:1), classes as balanced as groups allow.
+
+    scikit-learn's `StratifiedGroupKFold` (shuffled with `seed`) cuts the groups into
+    len(pattern) folds whose class proportions stay close to the whole set's; fold k becomes
+    split pattern[k]. A video without a group is a group of its own. A class that ends up absent
+    from some split (too few groups) is a warning: with such groups no split can do better.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = [v.group or f"\0{v.id}" for v in videos]
+    n_groups = len(set(groups))
+    if n_groups < len(pattern):
+        raise ManifestError(f"cannot split by group: {n_groups} group(s), at least {len(pattern)} are needed to fill "
+                            f"train/val/test; give the splits in the manifest instead")
+    labels = [v.label for v in videos]
+    cv = StratifiedGroupKFold(n_splits=len(pattern), shuffle=True, random_state=seed)
+    split_of = {}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only n members": handled below
+        for k, (_, fold) in enumerate(cv.split(videos, labels, groups)):
+            for i in fold:
+                split_of[int(i)] = pattern[k]
+    out = [dataclasses.replace(v, split=split_of[i]) for i, v in enumerate(videos)]
+    validate(out)
+    present = {(v.label, v.split) for v in out}
+    absent = [f"{c!r} in {s}" for c in class_names(out) for s in SPLITS if (c, s) not in present]
+    if absent:
+        log.warning("splitting by group left some class without videos in a split (too few groups): %s", ", ".join(absent))
+    return out
+
+
 # ----------------------------------------------------------------------------- builders
 
 
@@ -195,13 +275,49 @@ def _warn_missing(videos: Sequence[Video]) -> None:
         log.warning("... and %d more missing video files", len(absent) - 10)
 
 
-def from_folder(root: str | os.PathLike) -> list[Video]:
+def group_pattern(regex: str | None) -> re.Pattern | None:
+    """Compile a `--group-regex`; it must have a capture group (the group is its first one)."""
+    if not regex:
+        return None
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        raise ManifestError(f"bad --group-regex {regex!r}: {exc}") from None
+    if pattern.groups < 1:
+        raise ManifestError(f"--group-regex {regex!r} has no capture group: put the group's part of the file name in (...)")
+    return pattern
+
+
+def group_from_name(pattern: re.Pattern | None, videos: list[Video]) -> list[Video]:
+    """Set each video's group to the first capture group of `pattern` searched in its file name.
+
+    A file name the pattern does not match (or whose first group is empty) is an error naming
+    it: a video silently without a group would be a group of its own and could hide a leak."""
+    if pattern is None:
+        return videos
+    out, unmatched = [], []
+    for v in videos:
+        m = pattern.search(Path(v.path).name)
+        group = m.group(1) if m else None
+        if not group:
+            unmatched.append(Path(v.path).name)
+        out.append(dataclasses.replace(v, group=group))
+    if unmatched:
+        raise ManifestError(f"--group-regex {pattern.pattern!r} finds no group in {len(unmatched)} file name(s), e.g. "
+                            f"{unmatched[:5]}; fix the pattern (its first capture group is the group)")
+    return out
+
+
+def from_folder(root: str | os.PathLike, group_regex: str | None = None) -> list[Video]:
     """One sub-folder per class (DMVER, Music-video): `ROOT/<class>/<video>`.
 
     `ROOT/<split>/<class>/<video>` (split in train/val/test) keeps the source's split. A
     `<video>.txt` beside a video is read as its caption. The id is the path below ROOT
     without its extension, which stays unique even when two classes hold the same file name.
+    `group_regex`: the group of a video is the first capture group of this pattern searched in
+    its file name (e.g. the publisher part of DMVER-style names).
     """
+    pattern = group_pattern(group_regex)
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"not a folder: {root}")
@@ -218,14 +334,17 @@ def from_folder(root: str | os.PathLike) -> list[Video]:
                                     label=class_dir.name, split=split, text=text or None))
     if not videos:
         raise ManifestError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in class folders below {root}")
-    return videos
+    return group_from_name(pattern, videos)
 
 
-def from_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Video]:
+def from_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None,
+              group_regex: str | None = None) -> list[Video]:
     """The published list files: one `path , label` line per video, labels -1/0/1.
 
-    Relative paths are taken against `root` (default: the list file's folder).
+    Relative paths are taken against `root` (default: the list file's folder). `group_regex`
+    as for `from_folder`.
     """
+    pattern = group_pattern(group_regex)
     list_file = Path(list_file)
     base = Path(root) if root else list_file.resolve().parent
     videos, problems = [], []
@@ -244,10 +363,16 @@ def from_list(list_file: str | os.PathLike, root: str | os.PathLike | None = Non
         videos.append(Video(id=Path(path).with_suffix("").as_posix(), path=str(full), label=LIST_LABELS[label]))
     if problems:
         raise ManifestError(f"{list_file}: {len(problems)} bad line(s):\n  " + "\n  ".join(problems[:20]))
-    return videos
+    return group_from_name(pattern, videos)
 
 
 _EMO_LINE = re.compile(r"^\[(?P<start>[\d.]+)\s*-\s*(?P<end>[\d.]+)\]\t(?P<utt>\S+)\t(?P<label>\w+)\t")
+
+
+def _session(utterance: str, folder: Path) -> str:
+    """`Ses01` from `Ses01F_impro01_F000`, else from the folder name `Session1`."""
+    m = re.match(r"Ses(\d+)", utterance) or re.search(r"(\d+)$", folder.name)
+    return f"Ses{int(m.group(1)):02d}" if m else folder.name
 
 
 def from_iemocap(root: str | os.PathLike, merge_exc: bool = False, impro_only: bool = False,
@@ -257,7 +382,8 @@ def from_iemocap(root: str | os.PathLike, merge_exc: bool = False, impro_only: b
     Each clip is `start..end` of its dialog video `SessionN/dialog/avi/DivX/<dialog>.avi`, as
     given by the summary lines of `SessionN/dialog/EmoEvaluation/<dialog>.txt`.
     `merge_exc` counts excitement as happiness; `impro_only` keeps improvised dialogs as the
-    published baseline did.
+    published baseline did. The group is the session (`Ses01`..`Ses05`): its two speakers
+    appear in no other session, so session-wise splits are speaker-independent.
     """
     root = Path(root)
     sessions = sorted(p for p in root.glob("Session*") if p.is_dir())
@@ -280,10 +406,89 @@ def from_iemocap(root: str | os.PathLike, merge_exc: bool = False, impro_only: b
                 if label not in classes:
                     continue
                 videos.append(Video(id=m["utt"], path=str(avi.resolve()), label=label,
-                                    start=float(m["start"]), end=float(m["end"])))
+                                    start=float(m["start"]), end=float(m["end"]), group=_session(m["utt"], session)))
     if not videos:
         raise ManifestError(f"no utterances with labels {list(classes)} found below {root}")
     return videos
+
+
+# ----------------------------------------------------------------------------- check
+
+
+EXIT_OK, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2
+
+
+def check(path: str | os.PathLike) -> tuple[str, int]:
+    """The report of `python -m extract.manifest check M` and its exit code.
+
+    Videos per class and split, groups per split, captions and missing files per split, groups
+    leaking across splits, and `validate`'s problems (the same check every stage runs before it
+    starts). Exit code: 0 nothing to report; 1 warnings (missing files, leaking groups, a class
+    absent from a split): the stages run, but some videos fail or the numbers may be inflated;
+    2 errors: the stages refuse this manifest. An unreadable manifest raises `ManifestError`.
+    """
+    videos = read_rows(path)
+    errors = ""
+    try:
+        validate(videos, source=str(path))
+    except ManifestError as exc:
+        errors = str(exc)
+    columns = list(SPLITS) + (["(other)"] if any(v.split not in SPLITS for v in videos) else [])
+
+    def column(v: Video) -> str:
+        return v.split if v.split in SPLITS else "(other)"
+
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    groups: dict[str, set[str]] = defaultdict(set)
+    captions: dict[str, int] = defaultdict(int)
+    missing: dict[str, list[str]] = defaultdict(list)
+    for v in videos:
+        col = column(v)
+        counts[(v.label, col)] += 1
+        if v.group:
+            groups[col].add(v.group)
+        if v.text and v.text.strip():
+            captions[col] += 1
+        if v.path and not os.path.exists(v.path):
+            missing[col].append(v.id)
+    per_split = {c: sum(n for (_, col), n in counts.items() if col == c) for c in columns}
+    all_groups = set().union(*groups.values()) if groups else set()
+    names = class_names(videos)
+    lines = [f"manifest {path}: {len(videos)} videos, {len(names)} classes"
+             + (f", {len(all_groups)} groups" if all_groups else ", no group column"), "",
+             "| | " + " | ".join(columns) + " | total |", "|---|" + "---|" * (len(columns) + 1)]
+    for c in names:
+        row = [counts[(c, col)] for col in columns]
+        lines.append(f"| {c or '(empty label)'} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
+    lines.append("| **videos** | " + " | ".join(str(per_split[c]) for c in columns) + f" | {len(videos)} |")
+    if all_groups:
+        lines.append("| groups | " + " | ".join(str(len(groups[c])) for c in columns) + f" | {len(all_groups)} |")
+    lines.append("| captions | " + " | ".join(str(captions[c]) for c in columns) + f" | {sum(captions.values())} |")
+    lines.append("| missing files | " + " | ".join(str(len(missing[c])) for c in columns)
+                 + f" | {sum(len(m) for m in missing.values())} |")
+    lines.append("")
+    warnings = []
+    leaks = leaking_groups(videos)
+    if leaks:
+        warnings.append(describe_leaks(leaks))
+    absent = [f"{c!r} in {s}" for c in names if c for s in SPLITS if per_split.get(s) and not counts[(c, s)]]
+    if absent:
+        warnings.append("class without videos in a split: " + ", ".join(absent))
+    n_missing = sum(len(m) for m in missing.values())
+    if n_missing:
+        first = [i for m in missing.values() for i in m][:5]
+        warnings.append(f"{n_missing} video file(s) not found, e.g. {first} (each is that video's failure in the stages)")
+    if not all_groups:
+        lines.append("groups: none given (add a group column, e.g. with --group-regex, to check for leaks)")
+    elif not leaks:
+        lines.append("groups in two or more splits: none")
+    lines += [f"warning: {w}" for w in warnings]
+    if errors:
+        lines.append(f"error: {errors}")
+    code = EXIT_ERRORS if errors else EXIT_WARNINGS if warnings else EXIT_OK
+    lines.append({EXIT_OK: "ok", EXIT_WARNINGS: "usable, with the warnings above (exit 1)",
+                  EXIT_ERRORS: "the stages refuse this manifest (exit 2)"}[code])
+    return "\n".join(lines) + "\n", code
 
 
 # ----------------------------------------------------------------------------- command line
@@ -297,20 +502,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_list = sub.add_parser("list", help="published list file: 'path , label' lines, labels -1/0/1")
     p_list.add_argument("file")
     p_list.add_argument("--root", help="folder the list's relative paths start from (default: the list's folder)")
-    p_iemocap = sub.add_parser("iemocap", help="IEMOCAP_full_release tree")
+    p_iemocap = sub.add_parser("iemocap", help="IEMOCAP_full_release tree (group: the session)")
     p_iemocap.add_argument("root")
     p_iemocap.add_argument("--merge-exc", action="store_true", help="count 'exc' as 'hap'")
     p_iemocap.add_argument("--impro-only", action="store_true", help="improvised dialogs only, as published")
+    p_check = sub.add_parser("check", help="report on a manifest: classes x splits, groups, leaks, missing files, "
+                                           "captions; exit 0 ok, 1 warnings, 2 errors")
+    p_check.add_argument("manifest")
+    for p in (p_folder, p_list):
+        p.add_argument("--group-regex", help="the group (publisher, speaker) is the first capture group of this "
+                                             "regular expression searched in each file name, e.g. '^([^_]+)_'")
     for p in (p_folder, p_list, p_iemocap):
         p.add_argument("--out", required=True, help="manifest CSV to write")
         p.add_argument("--seed", type=int, default=0, help="seed of the 60/20/20 split (default 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if args.source == "check":
+        try:
+            report, code = check(args.manifest)
+        except (ManifestError, OSError) as exc:
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_ERRORS
+        print(report, end="")
+        return code
     try:
         if args.source == "folder":
-            videos = from_folder(args.root)
+            videos = from_folder(args.root, args.group_regex)
         elif args.source == "list":
-            videos = from_list(args.file, args.root)
+            videos = from_list(args.file, args.root, args.group_regex)
         else:
             videos = from_iemocap(args.root, merge_exc=args.merge_exc, impro_only=args.impro_only)
         validate(videos, require_split=False, source=args.source)
@@ -325,7 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts[(v.label, v.split)] += 1
     summary = ", ".join(f"{c}: {sum(counts[(c, s)] for s in SPLITS)} ({'/'.join(str(counts[(c, s)]) for s in SPLITS)})"
                         for c in class_names(videos))
-    print(f"wrote {args.out}: {len(videos)} videos; per class (train/val/test) {summary}")
+    groups = len({v.group for v in videos if v.group})
+    print(f"wrote {args.out}: {len(videos)} videos{f' in {groups} groups' if groups else ''}; per class "
+          f"(train/val/test) {summary}")
     return 0
 
 

@@ -97,11 +97,19 @@ def synthetic_cache(work: str | os.PathLike, n: int, modalities=tuple(SHAPES), s
     return paths
 
 
-def write_synthetic_manifest(path: str | os.PathLike, n: int) -> Path:
+# DMVER: 31,761 videos from about 30,000 publishers.
+PUBLISHER_SHARE = 30000 / 31761
+
+
+def write_synthetic_manifest(path: str | os.PathLike, n: int, groups: bool = False) -> Path:
+    """The manifest of `synthetic_videos(n)`; `groups`: a DMVER-like publisher column (video i is
+    publisher i mod P, P = 30,000 / 31,761 of n, so about 6 % of the publishers have two videos)."""
     from extract.manifest import Video, write_manifest
 
-    return write_manifest(path, [Video(id=i, path=f"videos/{i}.mp4", label=label, split=split)
-                                 for i, label, split in synthetic_videos(n)])
+    publishers = max(1, round(n * PUBLISHER_SHARE))
+    return write_manifest(path, [Video(id=i, path=f"videos/{i}.mp4", label=label, split=split,
+                                       group=f"pub{k % publishers:05d}" if groups else None)
+                                 for k, (i, label, split) in enumerate(synthetic_videos(n))])
 
 
 def _drop_page_cache(path: Path) -> None:

@@ -32,3 +32,19 @@ def test_bench_keep_leaves_the_cache_and_runs(tmp_path, capsys):
     assert (out / "features" / "rgb2d.h5").is_file() and (out / "manifest.csv").is_file()
     assert (out / "runs" / "fuse-rgb+flow+audio-weighted" / "metrics.json").is_file()
     assert (out / "runs" / "audio-lstm-seed0" / "model.joblib").is_file()
+
+
+def test_bench_cross_validated(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench.main(["--videos", "90", "--seeds", "1", "--cv", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "x 3 folds (3-fold group-aware cross-validation)" in text and "target < 1800 s" in text
+    result = json.loads((out / "bench_classify.json").read_text())
+    assert result["protocol"] == {"cv": 3, "folds": 3} and result["target_seconds"] == 1800
+    for r in result["modalities"]:
+        assert [s["fold"] for s in r["seeds"]] == ["cv3f0", "cv3f1", "cv3f2"]
+    assert all(len(f["seeds"]) == 3 for f in result["fusions"])
+    joint = next(c for c in result["cells"] if c["row"] == "I3D" and c["column"] == "Joint")
+    assert joint["n_test"] == 90 and joint["ci95"][0] <= joint["accuracy"]["mean"] <= joint["ci95"][1]
+    assert 0 < joint["p_joint_vs_best_single"] <= 1
+    assert 0 <= result["folds_seconds"] and 0 < result["assembly_seconds"] < result["table_seconds"]

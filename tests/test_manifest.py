@@ -157,3 +157,145 @@ def test_missing_file_is_a_warning_not_an_error(tmp_path, caplog):
 def test_cli_reports_a_clear_error(tmp_path, capsys):
     assert manifest.main(["folder", str(tmp_path / "nope"), "--out", str(tmp_path / "m.csv")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def _publisher_folder(root: Path, publishers: int = 40, seed: int = 0) -> None:
+    """DMVER-style names `<publisher>_<n>.mp4`; a publisher posts 1 to 5 videos of mixed classes."""
+    import random
+
+    rng = random.Random(seed)
+    for p in range(publishers):
+        for n in range(rng.randint(1, 5)):
+            _touch(root / rng.choice(["negative", "neutral", "positive"]) / f"pub{p:03d}_{n}.mp4")
+
+
+def _assert_no_group_in_two_splits(videos):
+    splits = {}
+    for v in videos:
+        assert v.group, v
+        splits.setdefault(v.group, set()).add(v.split)
+    assert all(len(s) == 1 for s in splits.values()), {g: s for g, s in splits.items() if len(s) > 1}
+    assert {v.split for v in videos} == {"train", "val", "test"}
+
+
+def test_folder_builder_group_regex_keeps_groups_in_one_split(tmp_path):
+    _publisher_folder(tmp_path / "ds")
+    out = tmp_path / "m.csv"
+    assert manifest.main(["folder", str(tmp_path / "ds"), "--group-regex", r"^(pub\d+)_", "--out", str(out)]) == 0
+    videos = manifest.read_manifest(out)
+    assert "group" in out.read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert {v.group for v in videos} == {f"pub{p:03d}" for p in range(40)}
+    assert all(Path(v.path).name.startswith(v.group + "_") for v in videos)
+    _assert_no_group_in_two_splits(videos)
+
+
+def test_list_builder_group_regex_and_its_errors(tmp_path):
+    lst = tmp_path / "all.txt"
+    lst.write_text("".join(f"v/u{p}-{n}.mp4 , {(p + n) % 3 - 1}\n" for p in range(30) for n in range(3)), encoding="utf-8")
+    videos = manifest.assign_splits(manifest.from_list(lst, group_regex=r"u(\d+)-"), seed=1)
+    assert len({v.group for v in videos}) == 30
+    _assert_no_group_in_two_splits(videos)
+    with pytest.raises(ManifestError, match="no capture group"):
+        manifest.from_list(lst, group_regex=r"u\d+")
+    lst.write_text("v/u1-0.mp4 , 0\nv/odd.mp4 , 1\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"no group in 1 file name\(s\), e.g. \['odd.mp4'\]"):
+        manifest.from_list(lst, group_regex=r"u(\d+)-")
+
+
+def _fake_iemocap_sessions(root: Path) -> None:
+    """Five sessions, four classes in each: what the group split deals out whole."""
+    for s in range(1, 6):
+        dialog = f"Ses0{s}F_impro01"
+        _touch(root / f"Session{s}" / "dialog" / "avi" / "DivX" / f"{dialog}.avi")
+        lines = [f"[{k:.4f} - {k + 1:.4f}]\t{dialog}_F{k:03d}\t{lab}\t[2.5000, 2.5000, 2.5000]"
+                 for k, lab in enumerate(["neu", "hap", "sad", "ang"] * 3)]
+        evaluation = root / f"Session{s}" / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
+        evaluation.parent.mkdir(parents=True, exist_ok=True)
+        evaluation.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_iemocap_groups_are_sessions_and_the_split_is_session_wise(tmp_path):
+    _fake_iemocap(tmp_path / "small")
+    assert {v.group for v in manifest.from_iemocap(tmp_path / "small")} == {"Ses01", "Ses02"}
+    with pytest.raises(ManifestError, match="cannot split by group: 2 group"):
+        manifest.assign_splits(manifest.from_iemocap(tmp_path / "small"))
+    _fake_iemocap_sessions(tmp_path / "five")
+    out = tmp_path / "m.csv"
+    assert manifest.main(["iemocap", str(tmp_path / "five"), "--out", str(out)]) == 0
+    videos = manifest.read_manifest(out)
+    _assert_no_group_in_two_splits(videos)
+    sessions = {s: {v.group for v in videos if v.split == s} for s in ("train", "val", "test")}
+    assert [len(sessions[s]) for s in ("train", "val", "test")] == [3, 1, 1]
+
+
+def test_group_split_is_seeded_and_balanced():
+    import random
+
+    rng = random.Random(5)
+    videos = [Video(id=f"g{g}_{i}", path=f"/v/g{g}_{i}.mp4", label=rng.choice("abc"), group=f"g{g}")
+              for g in range(300) for i in range(rng.randint(1, 4))]
+    a = manifest.assign_splits(videos, seed=3)
+    assert a == manifest.assign_splits(videos, seed=3)
+    assert a != manifest.assign_splits(videos, seed=4)
+    _assert_no_group_in_two_splits(a)
+    for cls in "abc":
+        n = sum(v.label == cls for v in a)
+        got = Counter(v.split for v in a if v.label == cls)
+        assert got["train"] / n == pytest.approx(0.6, abs=0.05)
+        assert got["val"] / n == pytest.approx(0.2, abs=0.05) and got["test"] / n == pytest.approx(0.2, abs=0.05)
+
+
+def test_given_splits_that_leak_groups_are_kept_with_a_warning(caplog):
+    videos = [Video(id=f"v{i}", path=f"/v/{i}.mp4", label="ab"[i % 2], split=("train", "val", "test")[i % 3],
+                    group="alice" if i < 3 else f"solo{i}") for i in range(12)]
+    with caplog.at_level(logging.WARNING):
+        kept = manifest.assign_splits(videos)
+    assert kept == videos
+    assert "1 group(s) in two or more splits: 'alice' (train/val/test)" in caplog.text
+    assert "solo" not in caplog.text
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def test_check_reports_a_good_manifest(tmp_path, capsys):
+    _publisher_folder(tmp_path / "ds")
+    (tmp_path / "ds" / "negative" / "pub000_0.txt").write_text("a caption", encoding="utf-8")
+    out = tmp_path / "m.csv"
+    assert manifest.main(["folder", str(tmp_path / "ds"), "--group-regex", r"^(pub\d+)_", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert manifest.main(["check", str(out)]) == 0
+    text = capsys.readouterr().out
+    videos = manifest.read_manifest(out)
+    assert "| | train | val | test | total |" in text
+    for cls in ("negative", "neutral", "positive"):
+        row = [sum(v.label == cls and v.split == s for v in videos) for s in ("train", "val", "test")]
+        assert f"| {cls} | {' | '.join(map(str, row))} | {sum(row)} |" in text
+    n_groups = [len({v.group for v in videos if v.split == s}) for s in ("train", "val", "test")]
+    assert f"| groups | {' | '.join(map(str, n_groups))} | 40 |" in text
+    assert "groups in two or more splits: none" in text and text.rstrip().endswith("ok")
+    assert "| captions |" in text and "| missing files | 0 | 0 | 0 | 0 |" in text
+
+
+def test_check_exit_codes_on_bad_manifests(tmp_path, capsys):
+    _touch(tmp_path / "a.mp4")
+    good = "id,path,label,split,group\n"
+    rows = [f"v{i},a.mp4,{'xy'[i % 2]},{('train', 'val', 'test')[i % 3]},g{i}\n" for i in range(6)]
+    leak = tmp_path / "leak.csv"  # g0 in train and test, one file missing
+    leak.write_text(good + "".join(rows) + "v6,gone.mp4,x,test,g0\n", encoding="utf-8")
+    assert manifest.main(["check", str(leak)]) == 1
+    text = capsys.readouterr().out
+    assert "warning: 1 group(s) in two or more splits: 'g0' (train/test)" in text
+    assert "1 video file(s) not found, e.g. ['v6']" in text and "| missing files | 0 | 0 | 1 | 1 |" in text
+    bad = tmp_path / "bad.csv"  # a duplicate id and an unknown split: what every stage refuses
+    bad.write_text(good + "".join(rows) + "v1,a.mp4,x,dev,g9\n", encoding="utf-8")
+    assert manifest.main(["check", str(bad)]) == 2
+    text = capsys.readouterr().out
+    assert "duplicate id 'v1'" in text and "split 'dev' is not one of" in text and "(other)" in text
+    with pytest.raises(ManifestError):
+        manifest.read_manifest(bad)  # the same validation
+    assert manifest.main(["check", str(tmp_path / "nope.csv")]) == 2
+    assert "manifest not found" in capsys.readouterr().err
