@@ -95,7 +95,8 @@ def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, fl
         load_seconds = time.perf_counter() - t
         s = extract_features(modality, items, work, weights="random", device="cpu", progress=False)
         rows.append({"step": modality, "kind": "features", "videos": s["done"], "model_load_seconds": load_seconds,
-                     "seconds_per_video": s["seconds"] / max(s["done"], 1), "mb_per_video": None})
+                     "seconds_per_video": s["seconds"] / max(s["done"], 1), "mb_per_video": None,
+                     "unit": "video" if items is chosen else "caption"})
     return {"videos": len(chosen), "num_frames": num_frames, "size": size, "flow_backend": flow_backend, "rows": rows,
             "cpus": os.cpu_count(), "machine": platform.platform(), "load_average": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -107,8 +108,10 @@ def table(result: dict) -> str:
              f"{'step':<9}{'kind':<10}{'s/video':>9}{'MB/video':>10}  note"]
     for r in result["rows"]:
         mb = f"{r['mb_per_video']:.2f}" if r["mb_per_video"] is not None else "-"
-        note = (f"{r['videos']} items, includes loading the model once, {r['model_load_seconds']:.1f} s"
-                if r["kind"] == "features" else f"exit {r['exit_code']}")
+        note = (f"{r['videos']} {r.get('unit', 'video')}s, includes loading the model once, "
+                f"{r['model_load_seconds']:.1f} s" if r["kind"] == "features" else f"exit {r['exit_code']}")
+        if r.get("unit") == "caption":
+            note += f"; {1000 * r['seconds_per_video']:.1f} s per 1,000 captions"
         lines.append(f"{r['step']:<9}{r['kind']:<10}{r['seconds_per_video']:>9.2f}{mb:>10}  {note}")
     return "\n".join(lines)
 
