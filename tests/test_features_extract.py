@@ -1,10 +1,8 @@
 """The feature stage end to end: stage outputs -> backbones -> HDF5 cache, with missing videos and resume."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -16,6 +14,7 @@ from extract.manifest import Video
 from features import backbones, cache, inputs
 from features.extract import extract_features, main
 from tests import videos as tv
+from tests.killing import kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 T, S = 8, 32
@@ -97,14 +96,8 @@ def test_killed_feature_run_resumes_to_the_same_cache(tmp_path):
         stage.run_stage(frames.STAGE, rows, w, settings, jobs=1)
     args = [sys.executable, "-m", "features.extract", "--modality", "rgb", "--manifest", str(m),
             "--weights", "random", "--device", "cpu", "--loaders", "0"]
-    proc = subprocess.Popen([*args, "--work", str(tmp_path / "killed")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = cache.shard_dir(tmp_path / "killed", "rgb")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(cache.shard_files(shards)) < 2:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when([*args, "--work", str(tmp_path / "killed")], lambda: len(cache.shard_files(shards)) >= 2)
     assert 0 < len(cache.shard_files(shards)) < len(rows), "the kill should land mid-run"
     assert not cache.cache_path(tmp_path / "killed", "rgb").exists()
     for w in ("killed", "clean"):

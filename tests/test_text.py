@@ -4,10 +4,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from features import cache, text
 from features.bench_cache import synthetic_cache, synthetic_videos
 from features.extract import extract_features
 from features.extract import main as features_main
+from tests.killing import kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,14 +106,8 @@ def test_killed_text_run_resumes_to_the_same_cache(tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", videos)
     args = [sys.executable, "-m", "features.extract", "--modality", "text", "--manifest", str(manifest),
             "--device", "cpu", "--loaders", "0", "--videos-per-call", "1"]
-    proc = subprocess.Popen([*args, "--work", str(tmp_path / "killed")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = cache.shard_dir(tmp_path / "killed", "text")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(cache.shard_files(shards)) < 3:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when([*args, "--work", str(tmp_path / "killed")], lambda: len(cache.shard_files(shards)) >= 3)
     done = len(cache.shard_files(shards))  # a temporary being written at the kill is not a shard
     assert 0 < done < len(videos), "the kill should land mid-run"
     runs = {w: subprocess.run([*args, "--work", str(tmp_path / w)], cwd=ROOT, capture_output=True, text=True)
