@@ -118,10 +118,6 @@ def modalities_of(rows) -> list[str]:
     return list(dict.fromkeys(m for row in rows for mods in row.cells.values() for m in mods))
 
 
-def columns_of(rows) -> list[str]:
-    return list(dict.fromkeys(c for row in rows for c in row.cells))
-
-
 def select_extra_rows(work, names: str = "auto") -> tuple[Row, ...]:
     """`auto`: the extra rows whose modalities all have a cache; `none`; or row names, comma-separated."""
     if names == "auto":

@@ -9,11 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from extract import audio, flow, frames, manifest, stage
+from extract import frames, manifest, stage
 from extract.manifest import Video
 from features import backbones, cache, inputs
 from features.extract import extract_features, main
 from tests import videos as tv
+from tests.workdirs import run_all_stages
 from tests.killing import kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +29,7 @@ def extracted(tmp_path_factory):
     rows.append(Video(id="broken", path=str(tv.make_text_as_mp4(root / "broken.mp4")), label="a", split="train"))
     m = manifest.write_manifest(root / "manifest.csv", rows)
     w = root / "work"
-    stage.run_stage(frames.STAGE, rows, w, frames.FrameSettings(num_frames=T, size=S), jobs=1)
-    stage.run_stage(flow.STAGE, rows, w, flow.FlowSettings(num_frames=T, size=S), jobs=1)
-    stage.run_stage(audio.STAGE, rows, w, audio.AudioSettings(), jobs=1)
+    run_all_stages(rows, w, T, S)
     summaries = {m_: extract_features(m_, rows, w, weights="random", device="cpu", loaders=0)
                  for m_ in ("rgb", "flow", "audio", "rgb2d")}
     return m, w, rows, summaries

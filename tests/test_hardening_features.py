@@ -14,7 +14,7 @@ import torch
 from classify import fuse as fuse_cli
 from classify import train as train_cli
 from classify.heads import HEADS, make_head
-from extract import audio, flow, frames, manifest, stage
+from extract import frames, manifest, stage
 from extract.manifest import Video
 from features import backbones, cache
 from features.bench_cache import synthetic_cache, synthetic_videos, write_synthetic_manifest
@@ -23,6 +23,7 @@ from features.extract import extract_features
 from features.extract import main as features_main
 from features.vggish import VGGish
 from tests import videos as tv
+from tests.workdirs import run_all_stages
 
 T, S = 8, 32
 
@@ -40,9 +41,7 @@ def staged(tmp_path):
                   split="train") for i in range(4)]
     m = manifest.write_manifest(tmp_path / "manifest.csv", rows)
     w = tmp_path / "work"
-    stage.run_stage(frames.STAGE, rows, w, frames.FrameSettings(num_frames=T, size=S), jobs=1)
-    stage.run_stage(flow.STAGE, rows, w, flow.FlowSettings(num_frames=T, size=S), jobs=1)
-    stage.run_stage(audio.STAGE, rows, w, audio.AudioSettings(), jobs=1)
+    run_all_stages(rows, w, T, S)
     return m, w, rows
 
 
