@@ -30,7 +30,8 @@ from pathlib import Path
 
 from classify.fuse import RULES, fuse
 from classify.heads import HEADS
-from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, read_json, write_json
+from extract.durable import atomic_dir
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json, write_json
 from classify.train import Labels, run_path
 from extract import stage
 from features import cache

@@ -51,7 +51,8 @@ import numpy as np
 from classify import protocol
 from classify.heads import HEADS
 from classify.metrics import classification_metrics
-from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, write_json
+from extract.durable import atomic_dir
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, write_json
 from classify.train import FeatureStore, Labels, RunResult, percent, train_run
 from extract import stage
 from features import cache

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, read_json
+from extract.durable import atomic_dir
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
 from extract import frames, stage
 from extract.manifest import read_manifest
 from features import cache

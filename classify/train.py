@@ -35,7 +35,8 @@ import numpy as np
 
 from classify.heads import HEADS, LSTMHead, make_head, time_pool
 from classify.metrics import classification_metrics
-from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, atomic_dir, read_json, write_json
+from extract.durable import atomic_dir
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json, write_json
 from extract import stage
 from features import cache
 from features import modalities as registry

@@ -131,7 +131,9 @@ def fsync_tree(folder: str | os.PathLike) -> None:
 
 
 def publish(tmp: str | os.PathLike, target: str | os.PathLike, sync_dir: bool = False) -> Path:
-    """Rename a complete, already fsync'ed temporary into place; with `sync_dir`, fsync the folder."""
+    """Rename a complete, already fsync'ed temporary into place; with `sync_dir`, fsync the folder.
+
+    The one place in the project that renames a file or folder over its published name."""
     os.replace(tmp, target)
     if sync_dir:
         fsync_dir(Path(target).parent)
@@ -177,3 +179,32 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Any], None], sync_d
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes, sync_dir: bool = False, sync: bool = True) -> Path:
     return atomic_write(target, lambda f: f.write(data), sync_dir=sync_dir, sync=sync)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Yield a fresh temporary folder beside `final`; on success it replaces `final` whole.
+
+    A process killed inside the block leaves `final` as it was (plus a `.tmp-*` folder that the
+    next publication beside it removes); a reader never sees a half-written folder. Before the
+    rename every file in the folder is fsync'ed, and the parent folder after it, so a power loss
+    leaves the old folder or the complete new one. Callers decide first whether `final` may be
+    replaced: this function replaces whatever is there.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(final.parent)
+    tmp = temp_path(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        old = None
+        if final.exists():
+            old = publish(final, temp_path(final.with_name(f"old-{final.name}")))
+        publish(tmp, final, sync_dir=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

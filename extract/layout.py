@@ -1,0 +1,109 @@
+"""The work folder's layout, and the one function that turns a video id into a file name.
+
+Every layer asks a `Work` for its paths instead of joining strings onto a bare folder, so the
+layout is written down once:
+
+    W/<stage>/<key>.npz              one stage output per video (frames, flow, audio, faces, ...)
+    W/<stage>/<key>.source.json      its provenance record
+    W/<stage>/failures.csv           videos that failed in that stage, warnings.csv likewise
+    W/features/<modality>.h5         the consolidated feature cache of one modality
+    W/features/<modality>.shards/    per-video shards while the feature stage runs
+    W/runs/<run name>/               one trained head or one fusion (metrics, predictions)
+    W/table/<name>/                  a results table (table.json, table.md, figures)
+    W/report/                        the HTML report
+
+`<key>` is `file_key(id)`: stage outputs and feature shards use the same name for a video.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def file_key(video_id: str) -> str:
+    """A file name (no extension) for any id: a readable slug plus 12 hex digits of its SHA-1.
+
+    Ids with spaces, slashes, `../`, accents or any other character map to plain names inside
+    their folder, and two ids never share a name (the hash is of the whole id, the slug only
+    helps a person find a file)."""
+    slug = _UNSAFE.sub("_", video_id).strip("_")[:60] or "video"
+    digest = hashlib.sha1(video_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{slug}-{digest}"
+
+
+class Work:
+    """The paths of one work folder. `Work(w)` is cheap; nothing is created until written."""
+
+    FEATURES, RUNS, TABLES, REPORT = "features", "runs", "table", "report"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.root)
+
+    def __repr__(self) -> str:
+        return f"Work({os.fspath(self.root)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Work) and self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # ------------------------------------------------------------------ extraction stages
+    def stage(self, name: str) -> Path:
+        """`W/<stage>/`: one file per video."""
+        return self.root / name
+
+    def output(self, stage: str, video_id: str, suffix: str) -> Path:
+        """`W/<stage>/<file_key(id)><suffix>`."""
+        return self.stage(stage) / f"{file_key(video_id)}{suffix}"
+
+    def failures(self, stage: str) -> Path:
+        return self.stage(stage) / "failures.csv"
+
+    def warnings(self, stage: str) -> Path:
+        return self.stage(stage) / "warnings.csv"
+
+    # ------------------------------------------------------------------ feature caches
+    @property
+    def features(self) -> Path:
+        return self.root / self.FEATURES
+
+    def cache(self, modality: str) -> Path:
+        """`W/features/<modality>.h5`, the consolidated cache."""
+        return self.features / f"{modality}.h5"
+
+    def shards(self, modality: str) -> Path:
+        """`W/features/<modality>.shards/`, per-video shards while extracting."""
+        return self.features / f"{modality}.shards"
+
+    # ------------------------------------------------------------------ classifiers
+    @property
+    def runs(self) -> Path:
+        return self.root / self.RUNS
+
+    def run(self, name: str) -> Path:
+        return self.runs / name
+
+    @property
+    def tables(self) -> Path:
+        return self.root / self.TABLES
+
+    def table(self, name: str | None = None) -> Path:
+        """`W/table/` or `W/table/<name>/` (one folder per protocol and head)."""
+        return self.tables / name if name else self.tables
+
+    @property
+    def report(self) -> Path:
+        return self.root / self.REPORT
+
+
+def as_work(work: "str | os.PathLike | Work") -> Work:
+    """Accept a `Work` or a bare folder (the commands' `--work`)."""
+    return work if isinstance(work, Work) else Work(work)
