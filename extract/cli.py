@@ -43,15 +43,33 @@ class _Format(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes, not the one at setup: a command
+    run in-process (a test capturing its output, a notebook) gets its lines where it looks."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(verbose: bool = False, level: int = logging.INFO) -> None:
     """The one logging setup: `level` (INFO by default; DEBUG with --verbose) to stderr.
 
     Libraries' chatter (dask's per-worker INFO lines, urllib3, ...) is held to warnings unless
-    --verbose, so that a command prints its own summary line and little else."""
+    --verbose, so that a command prints its own summary line and little else. Calling it again
+    replaces its own handler; handlers that others installed (pytest's caplog) stay."""
     root = logging.getLogger()
     for h in list(root.handlers):
-        root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+        if isinstance(h, _Stderr):
+            root.removeHandler(h)
+    handler = _Stderr()
     handler.setFormatter(_Format("%(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else level)
