@@ -14,14 +14,20 @@ published parameters:
 * `log(mel + 0.01)`;
 * examples of 96 frames (0.96 s) every 96 frames, the trailing partial example dropped.
 
+Why by hand and not with librosa: VGGish's mel matrix is defined in mel space (each FFT bin
+weighted by its own mel value), while `librosa.filters.mel` draws its triangles in Hz between
+mel-spaced edges, and `librosa.stft` centres the 400-sample window in the 512-sample frame; on
+speech-like audio these move the log-mels by up to 0.01 and 2.4 from the published computation
+(the tests allow 1e-4). For resampling librosa would only call libsoxr, which is used directly.
+
 Input scaling follows the published reader: float input is taken as is (expected in [-1, 1]);
 integer PCM is divided by 2**(bits - 1) (int16 / 32768).
 
 Resampling. The published code resamples with `resampy` (kaiser_best). Here any rate other than
 16 kHz goes through libsoxr (`soxr.resample`, quality "HQ"), a band-limited resampler of
-comparable quality that is installed with librosa. Resampled input can therefore differ slightly
-from the published pipeline; on 16 kHz input (what the audio stage asks FFmpeg for) the result
-agrees with the published computation to float rounding (tests check 1e-4).
+comparable quality. Resampled input can therefore differ slightly from the published pipeline;
+on 16 kHz input the result agrees with the published computation to float rounding (tests
+check 1e-4).
 
 Short audio. A clip needs at least `MIN_SAMPLES` = 400 + 95 * 160 = 15,600 samples at 16 kHz
 (0.975 s) for one complete example; shorter audio gives `N = 0`. `log_mel_examples(...,
@@ -126,7 +132,7 @@ def resample(x: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) ->
         return np.zeros(0, np.float64)
     try:
         import soxr
-    except ImportError as exc:  # pragma: no cover - soxr comes with librosa
+    except ImportError as exc:  # pragma: no cover - soxr is a declared dependency
         raise ImportError("resampling to 16 kHz needs the 'soxr' package (pip install soxr); "
                           "or pass 16 kHz audio") from exc
     return np.asarray(soxr.resample(x, sample_rate, target_rate, quality="HQ"), dtype=np.float64)
