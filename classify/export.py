@@ -33,7 +33,8 @@ from classify.heads import HEADS
 from extract.durable import atomic_dir
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json, write_json
 from classify.train import Labels, run_path
-from extract import stage
+from extract import claims, cli
+from extract.layout import Work
 from features import cache
 from features import modalities as registry
 from features.extract import package_version
@@ -50,7 +51,7 @@ def stage_settings(work, names) -> dict:
     """The recorded settings of each stage the modalities read (`W/<stage>/settings.json`)."""
     out = {}
     for name in names:
-        path = stage.stage_dir(work, name) / stage.SETTINGS_FILE
+        path = Work(work).stage(name) / claims.SETTINGS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the {name} stage never ran in {work}")
         out[name] = json.loads(path.read_text(encoding="utf-8"))
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     try:
         out = export(args.work, args.manifest, modalities, args.out, args.head, args.rule, args.seed)
     except Exception as exc:  # a missing cache or stage, a bad manifest, a crash: exit 2, one line
-        return stage.run_failed(exc, args.verbose)
+        return cli.run_failed(exc, args.verbose)
     print(f"wrote the model bundle {out} ({', '.join(modalities)}; {args.head} heads, {args.rule} fusion); "
           f"card: {out / 'card.md'}")
     return 0

@@ -54,7 +54,7 @@ from classify.metrics import classification_metrics
 from extract.durable import atomic_dir
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, write_json
 from classify.train import FeatureStore, Labels, RunResult, percent, train_run
-from extract import stage
+from extract import cli
 from features import cache
 
 RULES = ("mean", "weighted", "stack")
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
         store = FeatureStore(args.work)
         results = [fuse(args.work, fold, modalities, args.head, args.rule, args.seed, store) for fold in folds]
     except Exception as exc:  # bad names, missing caches, NaN features, a crash: the run failed, exit 2
-        return stage.run_failed(exc, args.verbose)
+        return cli.run_failed(exc, args.verbose)
     width = max(len(x) for x in modalities + ["joint"])
     for fold, res in zip(folds, results):
         m = res.metrics

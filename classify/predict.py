@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from classify.export import BUNDLE_FORMAT
-from extract import durable, stage
+from extract import cli, durable, stage
 from extract.manifest import Video, read_manifest
 from features import backbones, cache
 from features import modalities as registry
@@ -185,10 +185,10 @@ def main(argv=None) -> int:
         videos = read_manifest(args.manifest, require_split=False, require_label=False)
         s = predict(args.model, videos, args.work, args.jobs, args.device, args.weights, args.loaders)
     except Exception as exc:  # other weights or settings, a bad bundle or manifest, a crash: exit 2
-        return stage.run_failed(exc, args.verbose)
+        return cli.run_failed(exc, args.verbose)
     print(f"predicted {s['predicted']} of {s['videos']} videos ({s['unpredictable']} without any modality) "
           f"-> {s['path']}")
-    return stage.EXIT_SOME_FAILED if s["unpredictable"] or s["stage_failures"] else stage.EXIT_OK
+    return cli.EXIT_SOME_FAILED if s["unpredictable"] or s["stage_failures"] else cli.EXIT_OK
 
 
 if __name__ == "__main__":

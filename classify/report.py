@@ -27,7 +27,8 @@ import numpy as np
 
 from extract.durable import atomic_dir
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
-from extract import frames, stage
+from extract import cli, frames
+from extract.layout import file_key
 from extract.manifest import read_manifest
 from features import cache
 
@@ -64,7 +65,7 @@ def _thumbnails(work: Path, video_id: str, out: Path) -> list[str]:
         small = cv2.resize(clip[i], (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
         if ok:
-            name = f"thumbs/{stage.video_key(video_id)}-{k}.jpg"
+            name = f"thumbs/{file_key(video_id)}-{k}.jpg"
             (out / name).write_bytes(buf.tobytes())
             names.append(name)
     return names
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     try:
         page = write_report(args.work, args.manifest, args.out)
     except Exception as exc:  # no table yet, a bad manifest, a crash: exit 2, one line
-        return stage.run_failed(exc, args.verbose)
+        return cli.run_failed(exc, args.verbose)
     print(f"wrote the report {page} (open it in a browser; it needs no server)")
     return 0
 

@@ -55,7 +55,7 @@ from classify.heads import HEADS
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK
 from classify.train import FeatureStore, Labels, train_runs
 from extract.manifest import describe_leaks
-from extract import stage
+from extract import cli
 from features import cache
 
 log = logging.getLogger(__name__)
@@ -706,11 +706,11 @@ def main(argv=None) -> int:
         table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset, extra,
                             cv=args.cv, metric=args.metric, jobs=args.jobs)
     except Exception as exc:  # a bad manifest or row name, a crash: the run failed, exit 2
-        return stage.run_failed(exc, args.verbose)
+        return cli.run_failed(exc, args.verbose)
     if not any(c["status"] == "ok" for c in table["cells"]):
         reasons = sorted({c["note"] for c in table["cells"] if c["note"]})
         print("error: no cell of the table could be computed:\n  " + "\n  ".join(reasons), file=sys.stderr)
-        return stage.EXIT_RUN_FAILED
+        return cli.EXIT_RUN_FAILED
     md, written = write_outputs(table, args.out or Path(args.work) / "table")
     body = md[len(banner) + 2:] if banner and md.startswith(banner) else md
     print(body)

@@ -37,7 +37,7 @@ from classify.heads import HEADS, LSTMHead, make_head, time_pool
 from classify.metrics import classification_metrics
 from extract.durable import atomic_dir
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json, write_json
-from extract import stage
+from extract import cli
 from features import cache
 from features import modalities as registry
 
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
         runs = [train_run(args.work, fold, args.modality, args.head, args.seed, store=store, force=args.force)
                 for fold in folds]
     except Exception as exc:  # bad names, missing cache, NaN features, a crash: the run failed, exit 2
-        return stage.run_failed(exc, args.verbose)
+        return cli.run_failed(exc, args.verbose)
     for fold, run in zip(folds, runs):
         m = run.metrics
         print(f"{args.modality} {args.head} seed {args.seed}{' fold ' + fold.tag if fold.tag else ''}: test accuracy "

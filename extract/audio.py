@@ -4,9 +4,9 @@
 float32 `[N, 96, 64]`, the waveform `waveform_flac` and two flags: `has_audio` (False when the
 file has no audio stream: recorded as missing audio, not as a failure) and `padded` (True when
 the audio was shorter than one 0.96 s example and was zero-padded to one). The front end is
-`log_mel_examples` (extract/logmel.py, FACTS.md section 4); the first audio stream is decoded by
-FFmpeg at its own rate and channels, mixed to mono and resampled to 16 kHz (libsoxr HQ) once;
-the log-mels are computed from that signal.
+`log_mel_examples` (extract/logmel.py: VGGish's published parameters); the first audio
+stream is decoded by FFmpeg at its own rate and channels, mixed to mono and resampled to 16 kHz
+(libsoxr HQ) once; the log-mels are computed from that signal.
 
 The waveform models (wav2vec 2.0, HuBERT: `features.modalities`) need the signal itself, so the
 same 16 kHz mono signal is kept, compactly: 16-bit PCM (samples clipped to [-1, 1], rounded to
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from extract import media, stage
-from extract import logmel
+from extract import cli, logmel, media, stage
+from extract.layout import Work
 from extract.logmel import log_mel_examples, log_mel_examples_padded  # noqa: F401  (the front end's public name)
 from extract.manifest import Video
 
@@ -75,7 +75,7 @@ def decode_waveform(data: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class AudioSettings:
-    timeout: float = media.DEFAULT_TIMEOUT
+    timeout: float = stage.timeout_option()
 
 
 # Decoded and declared audio lengths may differ by this much without a warning (codec priming
@@ -144,7 +144,7 @@ def load(work, video_id: str, kind: str = "log_mel") -> np.ndarray | None:
     the 16 kHz mono signal."""
     if kind not in KINDS:
         raise ValueError(f"audio.load: kind must be one of {KINDS}, got {kind!r}")
-    path = stage.output_path(work, NAME, video_id, SUFFIX)
+    path = Work(work).output(NAME, video_id, SUFFIX)
     if not path.is_file():
         raise FileNotFoundError(f"no audio features for {video_id!r} in {Path(work) / NAME} (run the audio stage first)")
     with np.load(path) as z:
@@ -159,9 +159,9 @@ def load(work, video_id: str, kind: str = "log_mel") -> np.ndarray | None:
 
 
 def main(argv=None) -> int:
-    parser = stage.stage_parser(NAME, "VGGish log-mel examples [N, 96, 64] and the 16 kHz waveform per video.")
-    args = parser.parse_args(argv)
-    return stage.run_command(STAGE, args, AudioSettings(timeout=args.timeout))
+    description = "VGGish log-mel examples [N, 96, 64] and the 16 kHz waveform per video."
+    args = stage.stage_parser(STAGE, description).parse_args(argv)
+    return cli.run(lambda: stage.run_command(STAGE, args), verbose=args.verbose, level=stage.LOG_LEVEL)
 
 
 if __name__ == "__main__":

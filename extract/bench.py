@@ -14,7 +14,7 @@ keeping their geometry. This measures both on the same inputs, in one process, o
    Seconds per video are the stage's wall time divided by the videos; MB per video is what
    the stage left on disk. The flow stage runs with the TV-L1 solver wrapped in a timer, in
    its workers, to give the share of flow time spent inside the solver.
-3. Published (FACTS.md section 2), re-implemented here: every frame squashed to S x S and
+3. Published (the DMVER release's preprocessing scripts), re-implemented here: every frame squashed to S x S and
    written with cv2.VideoWriter (mp4v); T frames picked by seeking (CAP_PROP_POS_FRAMES);
    TV-L1 with a new solver per pair between consecutive picked frames, clipped to +-15 px,
    scaled to 0..255, saved as one int64 .npy per video; one process, one video at a time.
@@ -29,7 +29,6 @@ some stage failed on some video (the figures would compare different work), 2 on
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -47,8 +46,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from extract import audio, clip, flow, frames, media, sample, stage
+from extract import audio, cli, clip, durable, flow, frames, media, records, sample, stage
+from extract.layout import file_key
 from extract.manifest import Video, write_manifest
+from extract.workers import default_jobs
 
 PUBLISHED_BOUND = 15.0      # the published flow clip, in pixels
 MB = 1e6                    # disk figures are in MB of 10^6 bytes (the published "63 MB")
@@ -72,8 +73,8 @@ class Mode:
     torch_pairs: int
 
 
-FULL = Mode("full", videos=4, num_frames=79, size=224, clip_seconds=15.0, min_seconds=3.0, max_seconds=6.0,
-            torch_pairs=2)
+FULL = Mode("full", videos=4, num_frames=clip.ClipSettings.num_frames, size=clip.ClipSettings.size, clip_seconds=15.0,
+            min_seconds=3.0, max_seconds=6.0, torch_pairs=2)
 QUICK = Mode("quick", videos=1, num_frames=16, size=112, clip_seconds=3.0, min_seconds=2.0, max_seconds=2.5,
              torch_pairs=2)
 CLIP_W, CLIP_H, CLIP_FPS = 1080, 1920, 30
@@ -95,7 +96,7 @@ def make_portrait_clip(path: Path, seconds: float, timeout: float = 300.0) -> Pa
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = durable.temp_path(path)
     cmd = [media.ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
            "-f", "lavfi", "-i", f"testsrc2=size={CLIP_W}x{CLIP_H}:rate={CLIP_FPS}:duration={seconds},noise=alls=6:allf=t",
            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}",
@@ -107,7 +108,8 @@ def make_portrait_clip(path: Path, seconds: float, timeout: float = 300.0) -> Pa
         run = subprocess.run(cmd, capture_output=True, timeout=timeout)
         if run.returncode != 0:
             raise RuntimeError(f"FFmpeg could not make the portrait clip: {run.stderr.decode(errors='replace')[-1000:]}")
-        os.replace(tmp, path)
+        durable.fsync_file(tmp)
+        durable.publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -178,7 +180,7 @@ def timed_flow_process(video: Video, out: Path, settings: flow.FlowSettings) -> 
     folder = out.parent.parent / "flow_timing"
     folder.mkdir(exist_ok=True)
     record = {"id": video.id, "solver_seconds": solver.seconds, "solver_calls": solver.calls, "process_seconds": total}
-    stage.atomic_write(folder / f"{out.stem}.json", lambda f: f.write(json.dumps(record).encode()))
+    durable.atomic_write_bytes(folder / f"{out.stem}.json", json.dumps(record).encode())
     return note
 
 
@@ -194,14 +196,14 @@ def run_ours(videos: Sequence[Video], work: Path, mode: Mode, jobs: int) -> dict
     runs = [("frames", frames.STAGE, frames.FrameSettings(**geometry)),
             ("flow", TIMED_FLOW, flow.FlowSettings(**geometry, backend="opencv")),
             ("audio", audio.STAGE, audio.AudioSettings())]
-    result: dict[str, Any] = {"jobs": jobs if jobs > 0 else stage.default_jobs()}
+    result: dict[str, Any] = {"jobs": jobs if jobs > 0 else default_jobs()}
     for name, st, settings in runs:
         summary = stage.run_stage(st, videos, work, settings, jobs=jobs, progress=False)
         size = _bytes_in(work / name, f"*{st.suffix}")
         result[name] = {"seconds": summary.seconds, "s_per_video": summary.seconds / n,
                         "worker_s_per_video": summary.video_seconds / max(1, summary.done),
                         "mb_per_video": size / MB / n, "bytes": size, "done": summary.done, "failed": summary.failed,
-                        "failures": stage.read_failures(work, name)}
+                        "failures": records.read_failures(work, name)}
         _say(f"  ours {name}: {summary.seconds:.1f} s for {n} videos ({summary.done} done, {summary.failed} failed), "
              f"{size / MB / n:.2f} MB per video")
     timings = [json.loads(p.read_text()) for p in sorted((work / "flow_timing").glob("*.json"))]
@@ -298,7 +300,7 @@ def run_published(videos: Sequence[Video], out_dir: Path, mode: Mode, threads: i
     per_video = []
     started = time.perf_counter()
     for v in videos:
-        per_video.append(published_video(v.path, out_dir, stage.video_key(v.id), mode.num_frames, mode.size))
+        per_video.append(published_video(v.path, out_dir, file_key(v.id), mode.num_frames, mode.size))
         r = per_video[-1]
         _say(f"  published {v.id}: {r['seconds']:.1f} s (squash+write {r['squash_write_s']:.1f}, seek "
              f"{r['seek_s']:.1f}, TV-L1 {r['flow_s']:.1f}), {(r['mp4_bytes'] + r['npy_bytes']) / MB:.1f} MB")
@@ -433,7 +435,7 @@ def table_lines(report: dict) -> list[str]:
 
 
 def write_report(out: Path, report: dict) -> None:
-    stage.atomic_write(out / "report.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
+    durable.atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     m = report["machine"]
     s = report["settings"]
     head = [f"# DMVER extraction benchmark ({'quick: not comparable with the targets' if report['quick'] else 'full'})", "",
@@ -445,12 +447,11 @@ def write_report(out: Path, report: dict) -> None:
             f"{s['num_frames']} frames at {s['size']}x{s['size']} (squash); ours with {report['ours']['jobs']} jobs",
             f"- wall time of the whole benchmark: {report['wall_seconds']:.0f} s", ""]
     text = "\n".join(head + table_lines(report)) + "\n"
-    stage.atomic_write(out / "report.md", lambda f: f.write(text.encode()))
+    durable.atomic_write_bytes(out / "report.md", text.encode())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m extract.bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser("python -m extract.bench", __doc__.split("\n\n")[0])
     parser.add_argument("--out", default="work/bench", help="inputs (kept between runs), outputs and report")
     parser.add_argument("--videos", type=int, default=None,
                         help=f"sample videos besides the portrait clip (default {FULL.videos}, {QUICK.videos} with --quick)")
@@ -461,10 +462,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     videos_wanted = mode.videos if args.videos is None else args.videos
     if videos_wanted < 0:
         parser.error("--videos must be >= 0")
+    return cli.run(lambda: _main(args, argv, mode, videos_wanted), verbose=args.verbose)
+
+
+def _main(args, argv: Sequence[str] | None, mode: Mode, videos_wanted: int) -> int:
     started = time.perf_counter()
     load_start = os.getloadavg()
     out = Path(args.out)
-    cores = stage.default_jobs()
+    cores = default_jobs()
 
     _say(f"[{mode.name}] inputs in {out / 'inputs' / mode.name} ...")
     videos, portrait = make_inputs(out / "inputs" / mode.name, mode, videos_wanted)

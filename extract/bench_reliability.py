@@ -10,14 +10,13 @@
    a no-op: everything else is the same code. Reported: the median wall time of each, and the
    relative cost of fsync.
 2. The provenance check. `--records` synthetic outputs with their `.source.json` records and
-   sources (made once under OUT/provenance/), then `stage.stale_reason` for all of them, as a
+   sources (made once under OUT/provenance/), then `provenance.stale_reason` for all of them, as a
    re-run does before it decides what to skip: the best of 3, from the page cache.
 
 Prints one line per figure and writes OUT/report.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from extract import audio, frames, stage
+from extract import audio, cli, durable, frames, provenance, stage
+from extract.layout import Work
 from extract.manifest import Video, read_manifest
 
 
@@ -64,19 +64,18 @@ def provenance_check(folder: Path, records: int) -> dict:
     (work / "frames").mkdir(parents=True, exist_ok=True)
     src.mkdir(parents=True, exist_ok=True)
     videos = [Video(id=f"video {i}", path=str(src / f"v{i:05d}.mp4"), label="a", split="train") for i in range(records)]
-    for i, v in enumerate(videos):
-        out = stage.output_path(work, "frames", v.id, ".npz")
-        if stage.source_record_path(out).exists():
+    outputs = [Work(work).output("frames", v.id, ".npz") for v in videos]
+    for i, (v, out) in enumerate(zip(videos, outputs)):
+        if provenance.source_record_path(out).exists():
             continue
         Path(v.path).write_bytes(i.to_bytes(4, "little"))
         out.write_bytes(b"output")
-        st = os.stat(out)
-        record = {"source": stage.source_provenance(v), "output": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}
-        stage.source_record_path(out).write_text(json.dumps(record, sort_keys=True))
+        provenance.write_source_record(out, provenance.source_provenance(v))
     best = None
     for _ in range(3):
         started = time.perf_counter()
-        stale = sum(stage.stale_reason(stage.output_path(work, "frames", v.id, ".npz"), v) is not None for v in videos)
+        stale = sum(provenance.stale_reason(Work(work).output("frames", v.id, ".npz"), v) is not None
+                    for v in videos)
         took = time.perf_counter() - started
         best = took if best is None else min(best, took)
     if stale:
@@ -85,12 +84,16 @@ def provenance_check(folder: Path, records: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m extract.bench_reliability", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m extract.bench_reliability", __doc__.split("\n\n")[0])
     parser.add_argument("--manifest", default="data/sample/manifest.csv")
     parser.add_argument("--out", default="work/bench-reliability")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--records", type=int, default=31761)
     args = parser.parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"load_average_start": list(os.getloadavg())}
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
     print(f"provenance check of {p['records']} outputs: {p['best_seconds']:.2f} s (best of 3)")
     report["load_average_end"] = list(os.getloadavg())
     print(f"load average {report['load_average_start']} -> {report['load_average_end']}")
-    stage.atomic_write(out / "report.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
+    durable.atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     return 0
 
 

@@ -15,23 +15,31 @@ import numpy as np
 
 from extract import media, stage
 from extract.manifest import Video
+from extract.options import option
 
 # Decoded and declared lengths may differ by this many frames without a warning (rounding of
 # duration x rate, an edit list's trailing frame).
 FRAME_TOLERANCE = 2
 
 
+RESIZES = ("crop", "squash")
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipSettings:
-    num_frames: int = 79
-    size: int = 224
-    resize: str = "crop"  # "crop" (short side size*256/224, centre crop) or "squash" (published)
-    timeout: float = media.DEFAULT_TIMEOUT
+    """The frames a stage picks and their geometry; the defaults are the published ones
+    (79 frames of 224 x 224), with I3D's crop instead of the published squash."""
+
+    num_frames: int = option(79, "frames picked per video (the published number is the default)")
+    size: int = option(224, "side of the square frames, in pixels")
+    resize: str = option("crop", "crop: short side size*256/224, then a centre crop (I3D protocol); "
+                                 "squash: the whole frame squashed to size x size (published)", choices=RESIZES)
+    timeout: float = stage.timeout_option()
 
     def __post_init__(self):
         if self.num_frames < 1 or self.size < 16:
             raise ValueError(f"num_frames must be >= 1 and size >= 16, got {self.num_frames} and {self.size}")
-        if self.resize not in ("crop", "squash"):
+        if self.resize not in RESIZES:
             raise ValueError(f"resize must be 'crop' or 'squash', got {self.resize!r}")
 
 

@@ -1,6 +1,6 @@
 """Flow stage: TV-L1 optical flow for each picked frame, quantised to uint8.
 
-`python -m extract.flow --manifest M --work W [--bound 20] [--flow-backend opencv|torch|auto]
+`python -m extract.flow --manifest M --work W [--bound B] [--flow-backend opencv|torch|auto]
 [--batch-videos N]`
 writes `W/flow/<key>.npz` with `flow`, uint8 `[T, S, S, 2]` (x then y), deflate-compressed,
 and `bound`. Flow k is computed on grayscale between picked frame k and the source frame that
@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from extract import clip, stage
+from extract import cli, clip, stage
+from extract.layout import Work
 from extract.manifest import Video
+from extract.options import option
 
 NAME, SUFFIX = "flow", ".npz"
 BACKENDS = ("opencv", "torch", "auto")
@@ -28,10 +30,11 @@ BACKENDS = ("opencv", "torch", "auto")
 
 @dataclasses.dataclass(frozen=True)
 class FlowSettings(clip.ClipSettings):
-    bound: float = 20.0
-    backend: str = "opencv"
-    batch_pairs: int = 64  # frame pairs per call of the torch solver
-    batch_videos: int = 0  # videos whose pairs share torch solver calls; 0: 8 on CUDA, else 1
+    bound: float = option(20.0, "clip displacements to +-bound pixels before quantising to uint8")
+    backend: str = option("opencv", "opencv: OpenCV contrib DualTVL1 on CPU; torch: batched PyTorch TV-L1; "
+                                    "auto: torch when CUDA is available", choices=BACKENDS, flag="--flow-backend")
+    batch_pairs: int = option(64, "frame pairs per torch solver call")
+    batch_videos: int = option(0, "videos whose pairs share torch solver calls (0: 8 with torch on CUDA, else 1)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -62,7 +65,7 @@ def resolve_backend(name: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def opencv_solver():
-    """One DualTVL1 solver per worker process, OpenCV's default parameters (FACTS.md section 7)."""
+    """One DualTVL1 solver per worker process, OpenCV's default parameters, as the published preprocessing used."""
     import cv2
 
     return cv2.optflow.DualTVL1OpticalFlow_create()
@@ -86,7 +89,8 @@ def torch_solver():
     return TorchTVL1(device="cuda")
 
 
-def compute_pairs(first: np.ndarray, second: np.ndarray, backend: str, batch_pairs: int = 64) -> np.ndarray:
+def compute_pairs(first: np.ndarray, second: np.ndarray, backend: str,
+                  batch_pairs: int = FlowSettings.batch_pairs) -> np.ndarray:
     """TV-L1 from first[i] to second[i] (uint8 grayscale `[P, H, W]`) -> float32 `[P, H, W, 2]`."""
     if len(first) == 0:
         return np.zeros((*first.shape, 2), np.float32)
@@ -190,7 +194,7 @@ STAGE = stage.Stage(NAME, SUFFIX, process, upstream=("frames",), process_group=p
 
 def load(work, video_id: str) -> np.ndarray:
     """The stored flow of one video: uint8 `[T, S, S, 2]` (see `dequantise`)."""
-    path = stage.output_path(work, NAME, video_id, SUFFIX)
+    path = Work(work).output(NAME, video_id, SUFFIX)
     if not path.is_file():
         raise FileNotFoundError(f"no flow for {video_id!r} in {Path(work) / NAME} (run the flow stage first)")
     with np.load(path) as z:
@@ -198,19 +202,8 @@ def load(work, video_id: str) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = stage.stage_parser(NAME, "TV-L1 optical flow per picked frame, quantised to uint8.")
-    stage.add_geometry_arguments(parser)
-    parser.add_argument("--bound", type=float, default=20.0, help="clip displacements to +-bound pixels")
-    parser.add_argument("--flow-backend", choices=BACKENDS, default="opencv",
-                        help="opencv: OpenCV contrib DualTVL1 on CPU; torch: batched PyTorch TV-L1; auto: torch when CUDA is available")
-    parser.add_argument("--batch-pairs", type=int, default=64, help="frame pairs per torch solver call")
-    parser.add_argument("--batch-videos", type=int, default=0,
-                        help="videos whose pairs share torch solver calls (0: 8 with torch on CUDA, else 1)")
-    args = parser.parse_args(argv)
-    settings = FlowSettings(num_frames=args.num_frames, size=args.size, resize=args.resize, timeout=args.timeout,
-                            bound=args.bound, backend=args.flow_backend, batch_pairs=args.batch_pairs,
-                            batch_videos=args.batch_videos)
-    return stage.run_command(STAGE, args, settings)
+    args = stage.stage_parser(STAGE, "TV-L1 optical flow per picked frame, quantised to uint8.").parse_args(argv)
+    return cli.run(lambda: stage.run_command(STAGE, args), verbose=args.verbose, level=stage.LOG_LEVEL)
 
 
 if __name__ == "__main__":

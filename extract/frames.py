@@ -1,10 +1,10 @@
 """Frames stage: T RGB frames per video, stored as JPEG in one file per video.
 
-`python -m extract.frames --manifest M --work W [--num-frames 79] [--size 224] [--resize crop|squash]`
+`python -m extract.frames --manifest M --work W [--num-frames T] [--size S] [--resize crop|squash]`
 writes `W/frames/<key>.npz` holding `jpeg` (all frames' JPEG bytes, concatenated), `offsets`
 (T+1 byte offsets) and `meta` (JSON: picked frame numbers; the source's displayed size, rate,
-rotation, declared and decoded frame counts; its provenance, see `meta`). JPEG at
-quality 90 keeps a 79-frame 224x224 clip near 1 MB instead of 12 MB raw.
+rotation, declared and decoded frame counts; its provenance, see `meta`). JPEG at the
+default quality keeps a clip of the default 79 frames of 224x224 near 1 MB instead of 12 MB raw.
 `load(work, video_id)` gives back uint8 `[T, S, S, 3]` RGB.
 """
 from __future__ import annotations
@@ -17,15 +17,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from extract import clip, stage
+from extract import cli, clip, stage
+from extract.layout import Work
 from extract.manifest import Video
+from extract.options import option
 
 NAME, SUFFIX = "frames", ".npz"
 
 
 @dataclasses.dataclass(frozen=True)
 class FrameSettings(clip.ClipSettings):
-    jpeg_quality: int = 90
+    jpeg_quality: int = option(90, "JPEG quality of the stored frames (0-100)")
 
 
 def encode_jpegs(frames: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +65,7 @@ def meta(work, video_id: str) -> dict:
     """The stored meta of one video's frames: `picks` (source frame numbers), `looped`, `source`
     (displayed width and height, fps, rotation, declared and decoded frame counts) and
     `provenance` (the source file's resolved path, size, mtime_ns, clip start and end)."""
-    with np.load(stage.output_path(work, NAME, video_id, SUFFIX)) as z:
+    with np.load(Work(work).output(NAME, video_id, SUFFIX)) as z:
         return json.loads(str(z["meta"]))
 
 
@@ -72,7 +74,7 @@ STAGE = stage.Stage(NAME, SUFFIX, process, settings_type=FrameSettings)
 
 def load(work, video_id: str) -> np.ndarray:
     """The stored frames of one video: uint8 `[T, S, S, 3]` RGB."""
-    path = stage.output_path(work, NAME, video_id, SUFFIX)
+    path = Work(work).output(NAME, video_id, SUFFIX)
     if not path.is_file():
         raise FileNotFoundError(f"no frames for {video_id!r} in {Path(work) / NAME} (run the frames stage first)")
     with np.load(path) as z:
@@ -80,13 +82,8 @@ def load(work, video_id: str) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = stage.stage_parser(NAME, "Pick T frames per video, resize, store as JPEG.")
-    stage.add_geometry_arguments(parser)
-    parser.add_argument("--jpeg-quality", type=int, default=90)
-    args = parser.parse_args(argv)
-    settings = FrameSettings(num_frames=args.num_frames, size=args.size, resize=args.resize, timeout=args.timeout,
-                             jpeg_quality=args.jpeg_quality)
-    return stage.run_command(STAGE, args, settings)
+    args = stage.stage_parser(STAGE, "Pick T frames per video, resize, store as JPEG.").parse_args(argv)
+    return cli.run(lambda: stage.run_command(STAGE, args), verbose=args.verbose, level=stage.LOG_LEVEL)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from extract import audio, flow, frames, sample, stage
+from extract import audio, flow, frames, sample
+from extract.clip import ClipSettings
+from extract.layout import Work
 from extract.manifest import read_manifest, write_manifest
 from features import backbones, modalities
 from features.extract import extract_features
@@ -82,10 +84,10 @@ def run(videos: int, num_frames: int, size: int, out: Path, sample_dir: Path, fl
         t = time.perf_counter()
         code = module.main(argv)
         seconds = time.perf_counter() - t
-        done = len(list(stage.stage_dir(work, module.NAME).glob(f"*{module.SUFFIX}")))
+        done = len(list(Work(work).stage(module.NAME).glob(f"*{module.SUFFIX}")))
         rows.append({"step": module.NAME, "kind": "stage", "exit_code": code, "videos": done,
                      "seconds_per_video": seconds / max(done, 1),
-                     "mb_per_video": _megabytes(stage.stage_dir(work, module.NAME), module.SUFFIX) / max(done, 1)})
+                     "mb_per_video": _megabytes(Work(work).stage(module.NAME), module.SUFFIX) / max(done, 1)})
     for modality in names:
         # videos for stage inputs; a set of `captions` captions for the manifest's text column
         items = chosen if isinstance(modalities.get(modality).source, StageSource) else caption_videos(captions)
@@ -119,8 +121,8 @@ def table(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m features.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=6)
-    parser.add_argument("--num-frames", type=int, default=79)
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--num-frames", type=int, default=ClipSettings.num_frames)
+    parser.add_argument("--size", type=int, default=ClipSettings.size)
     parser.add_argument("--flow-backend", default="opencv", choices=("opencv", "torch"))
     parser.add_argument("--captions", type=int, default=1000, help="captions for the text modality's figure")
     parser.add_argument("--modalities", nargs="+", metavar="NAME",

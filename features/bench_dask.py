@@ -30,7 +30,10 @@ import time
 from pathlib import Path
 
 from extract import audio, flow, frames, sample, stage
+from extract.clip import ClipSettings
+from extract.layout import Work
 from extract.manifest import read_manifest, write_manifest
+from extract.workers import default_jobs
 from features import modalities
 from features.extract import extract_features
 
@@ -72,7 +75,7 @@ def run(videos: int, num_frames: int, size: int, repeats: int, out: Path, sample
     chosen = read_manifest(sample_dir / "manifest.csv")[:videos]
     write_manifest(out / "manifest.csv", chosen)
     geometry = {"num_frames": num_frames, "size": size}
-    workers = stage.default_jobs()
+    workers = default_jobs()
     times: dict[str, dict[str, list[float]]] = {}
     startups: list[float] = []
     base = out / "work"
@@ -81,7 +84,7 @@ def run(videos: int, num_frames: int, size: int, repeats: int, out: Path, sample
         for kind, name in steps:
             for backend in ("local", "dask"):
                 work = base / f"{backend}-{r}"
-                shutil.rmtree(stage.stage_dir(work, name) if kind == "stage" else work / "features", ignore_errors=True)
+                shutil.rmtree(Work(work).stage(name) if kind == "stage" else work / "features", ignore_errors=True)
                 cluster = None
                 if backend == "dask":
                     t = time.perf_counter()
@@ -133,8 +136,8 @@ def table(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m features.bench_dask", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=6)
-    parser.add_argument("--num-frames", type=int, default=79)
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--num-frames", type=int, default=ClipSettings.num_frames)
+    parser.add_argument("--size", type=int, default=ClipSettings.size)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--sample", default="data/sample", help="sample dataset folder (generated when missing)")
     parser.add_argument("--out", default="work/bench-dask")

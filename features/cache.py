@@ -50,7 +50,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from extract import durable
+from extract import claims, durable
 from extract.durable import pid_alive  # noqa: F401  (classify.runs and older callers import it from here)
 
 FORMAT = 1
@@ -162,7 +162,7 @@ def _diff(old: dict, new: dict) -> list[str]:
 class ShardWriter:
     """Per-video shards under W/features/<modality>.shards/, consolidated into W/features/<modality>.h5.
 
-    The writer claims the shard folder for its settings (`extract.stage.claim_settings`: an
+    The writer claims the shard folder for its settings (`extract.claims.claim_settings`: an
     exclusive `flock` while it compares or records `attrs.json`, a shared one while it lives),
     so a concurrent run with other settings is refused (`CacheSettingsError`) instead of mixing
     its features into this cache, while runs with the same settings may fill it together (every
@@ -172,13 +172,11 @@ class ShardWriter:
 
     `claim=False` makes the writer of a worker of a run that holds the claim elsewhere (a Dask
     worker, `features.distributed`): it claims nothing, and publishes each shard or marker inside
-    `extract.stage.hold_claim`, so it never lands in a folder that has been deleted or re-claimed
-    with other settings since (`extract.stage.ClaimLost` then ends the worker's batch).
+    `extract.claims.hold_claim`, so it never lands in a folder that has been deleted or re-claimed
+    with other settings since (`extract.claims.ClaimLost` then ends the worker's batch).
     """
 
     def __init__(self, work: str | os.PathLike, modality: str, attrs: dict, claim: bool = True):
-        from extract import stage
-
         self.work = Path(work)
         self.modality = _check_modality(modality)
         self.dir = shard_dir(work, modality)
@@ -189,10 +187,10 @@ class ShardWriter:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            claim = self._claim.enter_context(stage.claim_settings(
+            claim = self._claim.enter_context(claims.claim_settings(
                 self.dir, self.attrs, f"{self.modality} feature settings", settings_file="attrs.json",
                 ignore=tuple(INFORMATIONAL_ATTRS)))
-        except stage.SettingsMismatch:
+        except claims.SettingsMismatch:
             attrs_file = self.dir / "attrs.json"
             old = json.loads(attrs_file.read_text(encoding="utf-8")) if attrs_file.is_file() else {}
             raise CacheSettingsError(
@@ -251,9 +249,7 @@ class ShardWriter:
         writer holds the claim itself."""
         if not self.joined:
             return contextlib.nullcontext()
-        from extract import stage
-
-        return stage.hold_claim(self.dir, self.attrs, settings_file="attrs.json", ignore=tuple(INFORMATIONAL_ATTRS))
+        return claims.hold_claim(self.dir, self.attrs, settings_file="attrs.json", ignore=tuple(INFORMATIONAL_ATTRS))
 
     @staticmethod
     def _record_path(shard: Path) -> Path:

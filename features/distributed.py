@@ -16,7 +16,7 @@ Why it is built this way:
   file's size and mtime included, so a replaced file is loaded again).
 * **Workers publish under the client's claim.** They see the work folder (shared storage) and
   write shards exactly as a local run does, through a joined `ShardWriter`: every shard is
-  renamed into place inside `extract.stage.hold_claim`, i.e. only while `attrs.json` still holds
+  renamed into place inside `extract.claims.hold_claim`, i.e. only while `attrs.json` still holds
   the settings the batch was computed with.
 * **A dead worker loses only its batch.** Shards already written stay (each appears atomically;
   temporaries of dead processes are removed by the next writer); Dask reschedules the batch that
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from extract import stage
+from extract import cluster
 from extract.manifest import Video
 from features import backbones, cache, modalities
 
@@ -145,8 +145,8 @@ def extract_on_dask(key: BackboneKey, videos: Sequence[Video], work: Path, sched
     started = time.perf_counter()
     spec = modalities.get(key.modality)
     options = dict(key.options)
-    resources = stage.gpu_resources(gpus_per_task)
-    with stage.dask_client(scheduler, jobs, gpus_per_task) as client:
+    resources = cluster.gpu_resources(gpus_per_task)
+    with cluster.dask_client(scheduler, jobs, gpus_per_task) as client:
         attrs = client.submit(_attributes_task, key, work, pure=False, resources=resources).result()
         with cache.ShardWriter(work, key.modality, attrs) as writer:
             counts, todo, sources = _plan(spec, writer, videos, work, options)

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from extract import stage
+from extract import cli, cluster, records
 from extract.manifest import Video, read_manifest
 from features import backbones, cache, distributed, modalities
 from features.modalities import Missing, Modality
@@ -136,7 +136,7 @@ def _plan(spec: Modality, writer: cache.ShardWriter, videos: Sequence[Video], wo
     stage was not run again) is a failure that names the stage to run."""
     failed_upstream: dict[str, str] = {}
     for name in spec.source.stages:
-        for vid, reason in stage.read_failures(work, name).items():
+        for vid, reason in records.read_failures(work, name).items():
             failed_upstream.setdefault(vid, f"failed in {name}: {reason}")
     counts = empty_counts()
     todo, sources = [], {}
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--task-videos", type=int,
                         help=f"with --backend dask: videos per task (default {distributed.DEFAULT_TASK_VIDEOS}, "
                              "or the modality's videos per call when larger)")
-    stage.add_dask_arguments(parser)
+    cluster.add_dask_arguments(parser)
     for opt in modalities.all_options():
         if opt.flag:
             parser.add_argument(_option_flag(opt), dest=opt.name, action="store_true", help=opt.help)
@@ -277,10 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         print(listing(args.weights))
-        return stage.EXIT_OK
+        return cli.EXIT_OK
     if args.names:
         print(" ".join(modalities.names(default_only=True)))
-        return stage.EXIT_OK
+        return cli.EXIT_OK
     missing = [f"--{a}" for a in ("modality", "manifest", "work") if not getattr(args, a)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
@@ -294,11 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              videos_per_call=args.videos_per_call, backend=args.backend, scheduler=args.scheduler,
                              jobs=args.jobs, gpus_per_task=args.gpus_per_task, task_videos=args.task_videos, **options)
     except Exception as exc:  # no weights, a bad checkpoint, a settings clash, a crash: the run failed, exit 2
-        return stage.run_failed(exc, args.verbose)
+        return cli.run_failed(exc, args.verbose)
     if s["weights"] == "random":
         print(cache.random_weights_banner(args.work, [args.modality]) or "", file=sys.stderr)
     print(summary_line(args.modality, s))
-    return stage.EXIT_SOME_FAILED if s["failed"] else stage.EXIT_OK
+    return cli.EXIT_SOME_FAILED if s["failed"] else cli.EXIT_OK
 
 
 if __name__ == "__main__":

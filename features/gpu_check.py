@@ -42,12 +42,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from extract import audio, flow, frames, sample, stage
+from extract import audio, cli, flow, frames, sample
+from extract.clip import ClipSettings
 from extract.manifest import Video, read_manifest, write_manifest
 from features import backbones, modalities
 
 TARGETS = {"flow_epe_px": 0.15, "flow_within_one_level": 0.95, "float32_rel": 1e-4, "autocast_rel": 1e-2}
-FLOW_BOUND = 20.0
+FLOW_BOUND = flow.FlowSettings.bound
 # Items per video of each backbone's real input, and how many videos each comparison and timing uses.
 COMPARE_VIDEOS, TIMED_VIDEOS = 2, 16
 
@@ -144,8 +145,8 @@ def flow_check(first: np.ndarray, second: np.ndarray, device: str, batches: Sequ
 # ----------------------------------------------------------------------------- 2. backbones
 
 
-def backbone_inputs(modality: str, videos: int, frames_: int = 79, size: int = 224, examples: int = 15,
-                    seed: int = 0) -> list:
+def backbone_inputs(modality: str, videos: int, frames_: int = ClipSettings.num_frames, size: int = ClipSettings.size,
+                    examples: int = 15, seed: int = 0) -> list:
     """Seeded inputs of `videos` videos in the model's input range (what `features.inputs` makes)."""
     gen = torch.Generator().manual_seed(seed)
     if modality in ("rgb", "flow"):
@@ -199,8 +200,8 @@ def _describe(item) -> str:
 # ----------------------------------------------------------------------------- 3. end to end
 
 
-def stages_check(manifest: Path, work: Path, device: str, num_frames: int = 79, size: int = 224, jobs: int = 0,
-                 weights: str = "random") -> dict:
+def stages_check(manifest: Path, work: Path, device: str, num_frames: int = ClipSettings.num_frames,
+                 size: int = ClipSettings.size, jobs: int = 0, weights: str = "random") -> dict:
     """frames, flow (torch TV-L1), audio, then every default modality's features on `device`,
     as `make frames flow audio features DEVICE=cuda FLOW_BACKEND=torch` runs them."""
     from features import extract as feature_stage
@@ -225,16 +226,16 @@ def stages_check(manifest: Path, work: Path, device: str, num_frames: int = 79, 
         seconds = time.perf_counter() - t
         rows.append({"step": name, "exit_code": code, "seconds": seconds, "seconds_per_video": seconds / max(1, videos)})
     return {"videos": videos, "num_frames": num_frames, "size": size, "device": device, "rows": rows,
-            "pass": all(r["exit_code"] in (stage.EXIT_OK, stage.EXIT_SOME_FAILED) for r in rows)}
+            "pass": all(r["exit_code"] in (cli.EXIT_OK, cli.EXIT_SOME_FAILED) for r in rows)}
 
 
 # ----------------------------------------------------------------------------- the run and its report
 
 
 def run_checks(device: str, out: Path, videos: Sequence[Video], manifest: Path, budget: float = 300.0,
-               pairs: int = 32, size: int = 224, batches: Sequence[int] = (64, 256), num_frames: int = 79,
-               weights: str = "random", jobs: int = 0, backbone_shape: dict | None = None,
-               timed: int = TIMED_VIDEOS) -> dict:
+               pairs: int = 32, size: int = ClipSettings.size, batches: Sequence[int] = (64, 256),
+               num_frames: int = ClipSettings.num_frames, weights: str = "random", jobs: int = 0,
+               backbone_shape: dict | None = None, timed: int = TIMED_VIDEOS) -> dict:
     """Every check in turn within `budget` seconds; returns the report (also written to `out`)."""
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -334,8 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manifest", help="videos to use instead of the sample's")
     parser.add_argument("--videos", type=int, default=60, help="videos of the manifest for the end-to-end step")
     parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--num-frames", type=int, default=79)
+    parser.add_argument("--size", type=int, default=ClipSettings.size)
+    parser.add_argument("--num-frames", type=int, default=ClipSettings.num_frames)
     parser.add_argument("--batches", default="64,256", help="TV-L1 batch sizes timed")
     parser.add_argument("--timed-videos", type=int, default=TIMED_VIDEOS, help="videos per backbone timing")
     parser.add_argument("--weights", default="random", help="checkpoint folder, or random (same cost)")
@@ -359,12 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             shape, args.timed_videos)
     except NoCuda as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return stage.EXIT_RUN_FAILED
+        return cli.EXIT_RUN_FAILED
     except Exception as exc:  # the check itself could not run: one line, exit 2
-        return stage.run_failed(exc, args.verbose)
+        return cli.run_failed(exc, args.verbose)
     print(markdown(report))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
-    return stage.EXIT_OK if report["pass"] else stage.EXIT_SOME_FAILED
+    return cli.EXIT_OK if report["pass"] else cli.EXIT_SOME_FAILED
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from torch import nn
 from extract import audio as audio_stage
 from extract import flow as flow_stage
 from extract import frames as frames_stage
-from extract import stage
+from extract import provenance
+from extract.layout import Work
 from extract.manifest import Video
 from features import hf, inputs, text, videonets
 from features.i3d import FEATURE_DIM as I3D_DIM
@@ -172,20 +173,20 @@ class StageSource(Source):
         return f"`W/{self.module.NAME}/`" + (f" ({self.kind})" if self.kind else "")
 
     def available(self, work: Path, video: Video) -> bool:
-        return stage.output_path(work, self.module.NAME, video.id, self.module.SUFFIX).is_file()
+        return Work(work).output(self.module.NAME, video.id, self.module.SUFFIX).is_file()
 
     def provenance(self, work: Path, video: Video, options: dict) -> dict | None:
-        """What a cached sequence was made from: the stage output's `stage.provenance`; None when
+        """What a cached sequence was made from: the stage output's `provenance.provenance`; None when
         the output is gone (deleted after extraction to save disk: the cached sequence stays)."""
         try:
             return {"stage": self.module.NAME,
-                    **stage.provenance(stage.output_path(work, self.module.NAME, video.id, self.module.SUFFIX))}
+                    **provenance.provenance(Work(work).output(self.module.NAME, video.id, self.module.SUFFIX))}
         except OSError:
             return None
 
     def stale(self, work: Path, video: Video) -> str | None:
         """Why the stage output no longer fits the manifest row (its video changed), or None."""
-        reason = stage.stale_reason(stage.output_path(work, self.module.NAME, video.id, self.module.SUFFIX), video)
+        reason = provenance.stale_reason(Work(work).output(self.module.NAME, video.id, self.module.SUFFIX), video)
         return reason if reason in ("source changed", "output changed") else None
 
     def load(self, work: Path, video: Video, options: dict):
@@ -195,7 +196,7 @@ class StageSource(Source):
         return array
 
     def settings(self, work: Path, options: dict) -> dict:
-        path = stage.stage_dir(work, self.module.NAME) / "settings.json"
+        path = Work(work).stage(self.module.NAME) / "settings.json"
         return {"stage": self.module.NAME, **({"kind": self.kind} if self.kind else {}),
                 "stage_settings": json.loads(path.read_text()) if path.is_file() else {}}
 

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from extract import manifest, stage
+from extract import claims, cli, manifest
 from extract.manifest import Video
 from features import cache, distributed, modalities
 from features.extract import extract_features
@@ -116,7 +116,7 @@ def test_batches_are_published_under_the_claim_and_refused_after_a_reclaim(datas
 
     shutil.rmtree(cache.shard_dir(here, "audio"))
     with cache.ShardWriter(here, "audio", {**attrs, "seed": 99}):
-        with pytest.raises(stage.ClaimLost):
+        with pytest.raises(claims.ClaimLost):
             distributed._batch_task(key, here, claimed, rows[:2], {}, None)
     assert not list(cache.shard_dir(here, "audio").glob("*.npy"))
 
@@ -210,6 +210,6 @@ def test_cli_dask_errors_are_one_line_exit_2(dataset, cluster, tmp_path):
                           "--work", str(here), "--weights", str(tmp_path / "none"), "--backend", "dask",
                           "--scheduler", cluster.scheduler_address],
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
-    assert err.returncode == stage.EXIT_RUN_FAILED
+    assert err.returncode == cli.EXIT_RUN_FAILED
     lines = err.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "rgb_imagenet.pt" in lines[0], err.stderr

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from extract import frames, manifest, stage
+from extract import cli, frames, manifest, stage
 from extract.manifest import Video
 from features import backbones, cache, inputs
 from features.extract import extract_features, main
@@ -74,7 +74,7 @@ def test_refuses_to_run_without_weights(extracted, tmp_path, capsys):
     m, w, _, _ = extracted
     code = main(["--modality", "rgb", "--manifest", str(m), "--work", str(w), "--weights", str(tmp_path / "none")])
     err = capsys.readouterr().err
-    assert code == stage.EXIT_USAGE
+    assert code == cli.EXIT_USAGE
     assert "rgb_imagenet.pt" in err and "--weights random" in err
 
 

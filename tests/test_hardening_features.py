@@ -14,7 +14,8 @@ import torch
 from classify import fuse as fuse_cli
 from classify import train as train_cli
 from classify.heads import HEADS, make_head
-from extract import frames, manifest, stage
+from extract import cli, frames, manifest, provenance, stage
+from extract.layout import Work
 from extract.manifest import Video
 from features import backbones, cache
 from features.bench_cache import synthetic_cache, synthetic_videos, write_synthetic_manifest
@@ -52,35 +53,35 @@ def _truncate(path: Path) -> None:
 
 def _vouch_for(out: Path) -> None:
     """Make the stage's provenance record describe the output as it is now."""
-    record = stage.read_source_record(out)
+    record = provenance.read_source_record(out)
     st = out.stat()
     record["output"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    stage.source_record_path(out).write_text(json.dumps(record))
+    provenance.source_record_path(out).write_text(json.dumps(record))
 
 
 def test_a_corrupt_stage_output_is_that_videos_failure(staged):
     """Case 1: truncated npz, flipped bytes, a valid zip holding garbage JPEG: each fails alone."""
     m, w, rows = staged
-    _truncate(stage.output_path(w, "frames", "v0", ".npz"))
-    path = stage.output_path(w, "frames", "v1", ".npz")
+    _truncate(Work(w).output("frames", "v0", ".npz"))
+    path = Work(w).output("frames", "v1", ".npz")
     data = bytearray(path.read_bytes())
     data[len(data) // 3: len(data) // 3 + 40] = bytes(40)
     path.write_bytes(bytes(data))
-    path = stage.output_path(w, "frames", "v2", ".npz")
+    path = Work(w).output("frames", "v2", ".npz")
     with np.load(path) as z:
         parts = dict(z)
     parts["jpeg"] = np.frombuffer(np.random.default_rng(0).bytes(parts["jpeg"].size), np.uint8)
     with open(path, "wb") as f:
         np.savez(f, **parts)
-    _truncate(stage.output_path(w, "flow", "v3", ".npz"))
-    _truncate(stage.output_path(w, "audio", "v3", ".npz"))
+    _truncate(Work(w).output("flow", "v3", ".npz"))
+    _truncate(Work(w).output("audio", "v3", ".npz"))
     for key in ("v0", "v1", "v2"):  # the decoding failures themselves, not only the record mismatch
-        _vouch_for(stage.output_path(w, "frames", key, ".npz"))
+        _vouch_for(Work(w).output("frames", key, ".npz"))
 
     for modality, bad in (("rgb", {"v0", "v1", "v2"}), ("flow", {"v3"}), ("audio", {"v3"})):
         code, out, err = quiet(features_main, ["--modality", modality, "--manifest", str(m), "--work", str(w),
                                                "--weights", "random", "--device", "cpu", "--loaders", "0"])
-        assert code == stage.EXIT_SOME_FAILED, err
+        assert code == cli.EXIT_SOME_FAILED, err
         assert f"failed {len(bad)}" in out and "Traceback" not in err
         reasons = cache.missing(w, modality)
         assert set(reasons) == bad and all(r.startswith("failed in features:") for r in reasons.values())
@@ -90,13 +91,13 @@ def test_a_corrupt_stage_output_is_that_videos_failure(staged):
         # a re-run retries the failed ones, and fails them again the same way
         code, out, _ = quiet(features_main, ["--modality", modality, "--manifest", str(m), "--work", str(w),
                                              "--weights", "random", "--device", "cpu", "--loaders", "0"])
-        assert code == stage.EXIT_SOME_FAILED and f"skipped {4 - len(bad)}" in out
+        assert code == cli.EXIT_SOME_FAILED and f"skipped {4 - len(bad)}" in out
 
 
 def test_non_finite_stage_output_fails_its_video_not_the_run(staged):
     """Case 2, feature side: a log-mel file holding NaN (written by an older stage) is one failure."""
     m, w, rows = staged
-    path = stage.output_path(w, "audio", "v1", ".npz")
+    path = Work(w).output("audio", "v1", ".npz")
     with np.load(path) as z:
         parts = dict(z)
     parts["examples"] = parts["examples"].copy()
@@ -134,7 +135,7 @@ def test_a_checkpoint_with_a_nan_weight_is_refused(staged, tmp_path):
         backbones.load_backbone("audio", folder)
     code, out, err = quiet(features_main, ["--modality", "audio", "--manifest", str(m), "--work", str(w),
                                            "--weights", str(folder), "--device", "cpu", "--loaders", "0"])
-    assert code == stage.EXIT_USAGE and err.startswith("error:") and "Traceback" not in err
+    assert code == cli.EXIT_USAGE and err.startswith("error:") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not cache.exists(w, "audio")
 

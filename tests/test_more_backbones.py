@@ -21,7 +21,8 @@ import torch
 from classify import fuse as fuse_cli
 from classify import table as table_cli
 from classify import train as train_cli
-from extract import audio, frames, logmel, manifest, media, stage
+from extract import audio, cli, frames, logmel, manifest, media, provenance, stage
+from extract.layout import Work
 from extract.manifest import Video
 from features import backbones, cache, hf, inputs, modalities, videonets, weights
 from features.checkpoints import CheckpointError
@@ -322,7 +323,7 @@ def test_without_weights_each_entry_is_refused_and_random_is_loud(extracted, tmp
         code, _, err = _quiet(features_main, ["--modality", name, "--manifest", str(m), "--work", str(w),
                                               "--weights", str(tmp_path / "none"), "--loaders", "0"])
         file = modalities.get(name).network.file
-        assert code == stage.EXIT_USAGE and file.name in err and file.url in err and "--weights random" in err
+        assert code == cli.EXIT_USAGE and file.name in err and file.url in err and "--weights random" in err
     code, out, err = _quiet(features_main, ["--modality", "clip", "--manifest", str(m), "--work", str(w),
                                             "--weights", "random", "--device", "cpu", "--loaders", "0"])
     assert code == 0 and "skipped 7" in out and "RANDOM BACKBONE WEIGHTS" in err.upper()
@@ -371,16 +372,16 @@ def test_the_audio_stage_keeps_the_16khz_waveform_and_redoes_older_outputs(tmp_p
     assert wave.dtype == np.float32 and wave.shape == x16k.shape
     assert float(np.abs(wave - x16k).max()) <= 0.5 / 32767 + 1e-7         # 16-bit rounding, nothing else
     np.testing.assert_allclose(audio.load(w, "tone"), audio.log_mel_examples(decoded, info.audio_rate), atol=1e-5)
-    out = stage.output_path(w, "audio", "tone", ".npz")
+    out = Work(w).output("audio", "tone", ".npz")
     assert out.stat().st_size < 0.5 * 2 * wave.size + 96 * 64 * 4 * 3    # FLAC: well under raw 16-bit
     # an output as the previous version wrote it (no waveform), with its provenance record
     with np.load(out) as z:
         old = {k: z[k] for k in ("examples", "has_audio", "padded")}
     np.savez(out, **old)
-    record = json.loads(stage.source_record_path(out).read_text())
+    record = json.loads(provenance.source_record_path(out).read_text())
     st = out.stat()
     record["output"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    stage.source_record_path(out).write_text(json.dumps(record))
+    provenance.source_record_path(out).write_text(json.dumps(record))
     with pytest.raises(audio.OutdatedOutput, match="run the audio stage again"):
         audio.load(w, "tone", kind="waveform")
     s = extract_features("wav2vec2", rows, w, weights="random", device="cpu", loaders=0)

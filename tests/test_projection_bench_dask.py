@@ -58,7 +58,7 @@ def test_bench_dask_times_every_step_both_ways(tmp_path, monkeypatch):
                   text="a caption") for i in range(2)]
     manifest.write_manifest(sample / "manifest.csv", rows)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setattr(bench_dask.stage, "default_jobs", lambda: 1)  # one worker: keep the shared machine free
+    monkeypatch.setattr(bench_dask, "default_jobs", lambda: 1)  # one worker: keep the shared machine free
     assert bench_dask.main(["--videos", "2", "--num-frames", "8", "--size", "32", "--sample", str(sample),
                             "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "bench_dask.json").read_text())

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract import audio, durable, flow, frames, manifest, media, stage
+from extract import audio, claims, cli, durable, flow, frames, manifest, media, provenance, records, stage
+from extract.layout import Work
 from extract.manifest import Video
 from tests import videos as tv
 
@@ -108,16 +109,16 @@ def test_case3_workers_die_with_a_killed_stage_and_nothing_lands_in_the_reclaime
 def test_case3_an_output_never_lands_in_a_folder_claimed_with_other_settings(media_dir, tmp_path):
     """A worker of a run with 8 frames whose folder was deleted and claimed by a run with 16 frames
     discards its file instead of publishing it."""
-    folder = stage.stage_dir(tmp_path, "frames")
+    folder = Work(tmp_path).stage("frames")
     other = frames.FrameSettings(num_frames=16, size=S)
-    with stage.claim_settings(folder, stage.output_settings(other), "frames settings"):
+    with claims.claim_settings(folder, claims.output_settings(other), "frames settings"):
         pass
     video = _video("late", media_dir / "a.mp4")
-    out = stage.output_path(tmp_path, "frames", video.id, ".npz")
+    out = Work(tmp_path).output("frames", video.id, ".npz")
     [(vid, status, reason, _, _)] = stage._run_batch(frames.STAGE, [(video, out)], FRAME_SETTINGS, 1,
-                                                     stage.output_settings(FRAME_SETTINGS))
+                                                     claims.output_settings(FRAME_SETTINGS))
     assert status == "failed" and "ClaimLost" in reason
-    assert not out.exists() and not stage.source_record_path(out).exists()
+    assert not out.exists() and not provenance.source_record_path(out).exists()
     assert sorted(p.name for p in folder.iterdir()) == ["settings.json", "settings.lock"]
 
 
@@ -135,10 +136,10 @@ def test_case4_concurrent_claims_with_other_settings_one_wins_the_other_is_refus
         def claim(k):
             barrier.wait()
             try:
-                with stage.claim_settings(folder, {"size": k}, "test settings"):
+                with claims.claim_settings(folder, {"size": k}, "test settings"):
                     outcome[k] = "won"
                     release.wait(5)
-            except stage.SettingsMismatch as exc:
+            except claims.SettingsMismatch as exc:
                 outcome[k] = "refused"
                 assert "another run" in str(exc) or "was made with" in str(exc)
                 release.set()
@@ -151,8 +152,8 @@ def test_case4_concurrent_claims_with_other_settings_one_wins_the_other_is_refus
         assert sorted(outcome.values()) == ["refused", "won"], outcome
         winner = next(k for k, v in outcome.items() if v == "won")
         assert json.loads((folder / "settings.json").read_text()) == {"size": winner}
-    with stage.claim_settings(tmp_path / "shared", {"size": 3}, "x") as first:
-        with stage.claim_settings(tmp_path / "shared", {"size": 3}, "x") as second:
+    with claims.claim_settings(tmp_path / "shared", {"size": 3}, "x") as first:
+        with claims.claim_settings(tmp_path / "shared", {"size": 3}, "x") as second:
             assert first.alone and not second.alone
 
 
@@ -169,7 +170,7 @@ def test_case4_cli_other_settings_refused_while_a_run_holds_the_folder_same_sett
     same = _cli("extract.flow", *args, "--size", "64")
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    assert other.returncode == stage.EXIT_USAGE
+    assert other.returncode == cli.EXIT_USAGE
     assert other.stderr.strip().count("\n") == 0 and other.stderr.startswith("error: ")
     assert "size: 64 there, 48 now" in other.stderr
     assert same.returncode == 0, same.stderr
@@ -192,10 +193,10 @@ def test_case4_only_temporaries_of_dead_processes_are_removed(tmp_path):
     }
     for name in names.values():
         (folder / name).write_bytes(b"partial")
-    assert stage.remove_stale_temporaries(folder) == 1
+    assert claims.remove_stale_temporaries(folder) == 1
     assert sorted(p.name for p in folder.iterdir()) == sorted(n for k, n in names.items() if k != "dead")
     # a run that holds the folder alone knows no live run can own the rest
-    assert stage.remove_stale_temporaries(folder, alone=True) == 3
+    assert claims.remove_stale_temporaries(folder, alone=True) == 3
     assert not list(folder.iterdir())
 
 
@@ -213,7 +214,7 @@ def test_case5_a_changed_source_is_redone_and_counted(media_dir, tmp_path):
     meta = frames.meta(work, "x")
     assert meta["source"]["width"] == 96 and meta["source"]["height"] == 64 and meta["source"]["fps"] == 30
     assert meta["provenance"]["path"] == str(src.resolve()) and meta["provenance"]["size"] == src.stat().st_size
-    assert stage.stale_reason(stage.output_path(work, "frames", "x", ".npz"), rows[0]) is None
+    assert provenance.stale_reason(Work(work).output("frames", "x", ".npz"), rows[0]) is None
 
     # 1. the row now points at another video (same id)
     moved = [_video("x", media_dir / "b.mp4"), rows[1]]
@@ -244,14 +245,14 @@ def test_case5_a_source_that_disappears_leaves_no_stale_output(media_dir, tmp_pa
     stage.run_stage(frames.STAGE, rows, tmp_path / "w", FRAME_SETTINGS, jobs=1)
     src.unlink()
     s = stage.run_stage(frames.STAGE, rows, tmp_path / "w", FRAME_SETTINGS, jobs=1)
-    assert s.failed == 1 and "file not found" in stage.read_failures(tmp_path / "w", "frames")["x"]
-    assert not stage.output_path(tmp_path / "w", "frames", "x", ".npz").exists()
+    assert s.failed == 1 and "file not found" in records.read_failures(tmp_path / "w", "frames")["x"]
+    assert not Work(tmp_path / "w").output("frames", "x", ".npz").exists()
 
 
 def test_case5_outputs_without_a_source_record_are_redone(media_dir, tmp_path):
     rows = [_video("x", media_dir / "a.mp4")]
     stage.run_stage(frames.STAGE, rows, tmp_path, FRAME_SETTINGS, jobs=1)
-    stage.source_record_path(stage.output_path(tmp_path, "frames", "x", ".npz")).unlink()
+    provenance.source_record_path(Work(tmp_path).output("frames", "x", ".npz")).unlink()
     s = stage.run_stage(frames.STAGE, rows, tmp_path, FRAME_SETTINGS, jobs=1)
     assert s.redone == {"no source record": 1}
 
@@ -269,8 +270,8 @@ def test_case6_disk_full_while_writing_failures_csv_exits_2_with_one_line(media_
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(stage, "_write_failures", full)
-    assert frames.main(_frames_args(media_dir, tmp_path)) == stage.EXIT_RUN_FAILED == 2
+    monkeypatch.setattr(records, "write_failures", full)
+    assert frames.main(_frames_args(media_dir, tmp_path)) == cli.EXIT_RUN_FAILED == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: disk full") and "Traceback" not in err
     assert frames.main([*_frames_args(media_dir, tmp_path), "--verbose"]) == 2
@@ -305,8 +306,8 @@ def test_case6_an_unexpected_error_outside_a_video_exits_2(media_dir, tmp_path, 
 
 
 def _one_warning(work: Path, name: str, vid: str) -> str:
-    rows = stage.read_warnings(work, name)
-    with open(stage.warnings_path(work, name), newline="", encoding="utf-8") as f:
+    rows = records.read_warnings(work, name)
+    with open(Work(work).warnings(name), newline="", encoding="utf-8") as f:
         assert csv.DictReader(f).fieldnames == ["id", "path", "stage", "warning"]
     assert [(r["id"], r["stage"]) for r in rows] == [(vid, name)]
     return rows[0]["warning"]
@@ -350,7 +351,7 @@ def test_case7_good_videos_give_no_warning(media_dir, tmp_path):
     for st, settings in ((frames.STAGE, FRAME_SETTINGS), (audio.STAGE, AUDIO_SETTINGS)):
         s = stage.run_stage(st, rows, tmp_path, settings, jobs=1)
         assert (s.done, s.warnings) == (3, 0), st.name
-        assert not stage.warnings_path(tmp_path, st.name).exists()
+        assert not Work(tmp_path).warnings(st.name).exists()
 
 
 # ----------------------------------------------------------------------------- case 9
@@ -402,10 +403,10 @@ def test_case10_stage_writes_are_fsynced_before_the_rename(media_dir, tmp_path, 
     folder = tmp_path / "frames"
     log.check(folder / "settings.json", folder_too=True)
     log.check(folder / "failures.csv", folder_too=True)
-    out = stage.output_path(tmp_path, "frames", "x", ".npz")
+    out = Work(tmp_path).output("frames", "x", ".npz")
     log.check(out, folder_too=False)
-    assert stage.read_source_record(out)["source"]["path"] == str((media_dir / "a.mp4").resolve())
-    log.check(stage.atomic_write(tmp_path / "plain.bin", lambda f: f.write(b"1")), folder_too=False)
+    assert provenance.read_source_record(out)["source"]["path"] == str((media_dir / "a.mp4").resolve())
+    log.check(durable.atomic_write(tmp_path / "plain.bin", lambda f: f.write(b"1")), folder_too=False)
 
 
 def test_case10_cache_and_run_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
@@ -423,7 +424,7 @@ def test_case10_cache_and_run_writes_are_fsynced_before_the_rename(tmp_path, mon
     log.check(h5, folder_too=True)
     runs.write_json(tmp_path / "settings.json", {"a": 1})
     log.check(tmp_path / "settings.json", folder_too=False)
-    with runs.atomic_dir(tmp_path / "runs" / "r") as tmp:
+    with durable.atomic_dir(tmp_path / "runs" / "r") as tmp:
         (tmp / "metrics.json").write_text("{}")
     inner = [e for e in log.events if e[0] == "fsync" and e[1].endswith("/metrics.json")]
     assert inner, "files of a run folder must be synced before it is published"
@@ -437,9 +438,9 @@ def test_case2_nan_audio_fails_that_video_in_the_audio_stage(media_dir, tmp_path
     rows = [_video("nan", tv.make_nan_audio_mkv(tmp_path / "nan.mkv")), _video("ok", media_dir / "a.mp4")]
     assert stage.run_stage(frames.STAGE, rows, tmp_path, FRAME_SETTINGS, jobs=1).done == 2
     s = stage.run_stage(audio.STAGE, rows, tmp_path, AUDIO_SETTINGS, jobs=1)
-    assert (s.done, s.failed, s.exit_code) == (1, 1, stage.EXIT_SOME_FAILED)
-    assert "non-finite log-mel" in stage.read_failures(tmp_path, "audio")["nan"]
-    assert not stage.output_path(tmp_path, "audio", "nan", ".npz").exists()
+    assert (s.done, s.failed, s.exit_code) == (1, 1, cli.EXIT_SOME_FAILED)
+    assert "non-finite log-mel" in records.read_failures(tmp_path, "audio")["nan"]
+    assert not Work(tmp_path).output("audio", "nan", ".npz").exists()
     assert np.isfinite(audio.load(tmp_path, "ok")).all()
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from classify import report
 from classify import table as tbl
-from extract import frames, stage
+from extract import frames
+from extract.layout import Work
 from extract.manifest import read_manifest
 from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
@@ -33,7 +34,7 @@ def built(tmp_path_factory):
     for v in read_manifest(manifest):  # a frames output per video, so the page has thumbnails
         clip = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
         data, offsets = frames.encode_jpegs(clip, 90)
-        out = stage.output_path(work, "frames", v.id, ".npz")
+        out = Work(work).output("frames", v.id, ".npz")
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as f:
             np.savez(f, jpeg=data, offsets=offsets, meta=np.array("{}"))

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from extract import audio, clip, flow, frames, manifest, media, stage
+from extract import audio, claims, cli, clip, flow, frames, manifest, media, records, stage
+from extract.layout import Work, file_key
 from extract.manifest import Video
 from tests import videos as tv
 
@@ -78,11 +79,11 @@ def test_frames_of_every_good_video(work):
 
 def test_each_bad_input_is_one_recorded_failure_with_a_clear_reason(work):
     w, _ = work
-    failures = stage.read_failures(w, "frames")
+    failures = records.read_failures(w, "frames")
     assert set(failures) == set(BAD)
     for vid, expected in BAD.items():
         assert expected in failures[vid], (vid, failures[vid])
-    with open(stage.failures_path(w, "frames"), newline="") as f:
+    with open(Work(w).failures("frames"), newline="") as f:
         row = next(csv.DictReader(f))
     assert set(row) == {"id", "path", "stage", "reason"} and row["stage"] == "frames"
 
@@ -92,7 +93,7 @@ def test_later_stages_skip_what_failed_upstream_and_say_so(work):
     for name in ("flow", "audio"):
         s = summaries[name]
         assert (s.done, s.failed, s.upstream) == (len(GOOD), 0, len(BAD))
-        assert s.exit_code == stage.EXIT_SOME_FAILED
+        assert s.exit_code == cli.EXIT_SOME_FAILED
         assert "failed upstream" in s.line(w)
 
 
@@ -101,7 +102,7 @@ def test_nothing_is_written_outside_the_work_folder(work):
     inside = [p for p in w.rglob("*") if p.is_file()]
     assert len([p for p in inside if p.parent.name == "frames" and p.suffix == ".npz"]) == len(GOOD)
     assert not list(w.parent.glob("escape*")) and not (w.parent / "frames").exists()
-    key = stage.video_key("../escape")
+    key = file_key("../escape")
     assert "/" not in key and not key.startswith(".")
 
 
@@ -118,7 +119,7 @@ def test_frames_are_picked_uniformly_in_order(work):
 
 def test_short_video_loops(work):
     w, _ = work
-    with np.load(stage.output_path(w, "frames", "short", ".npz")) as z:
+    with np.load(Work(w).output("frames", "short", ".npz")) as z:
         meta = str(z["meta"])
     assert '"picks": [0, 1, 2, 3, 4, 0, 1, 2]' in meta
     x = frames.load(w, "short").astype(int)
@@ -193,7 +194,7 @@ def test_audio_examples_missing_and_padded(work):
     x = audio.load(w, "good")
     assert x.dtype == np.float32 and x.shape == (1, 96, 64)
     assert audio.load(w, "no audio") is None
-    with np.load(stage.output_path(w, "audio", "one frame", ".npz")) as z:
+    with np.load(Work(w).output("audio", "one frame", ".npz")) as z:
         assert bool(z["padded"]) and z["examples"].shape == (1, 96, 64)
     notes = summaries["audio"].notes
     assert notes[audio.NO_AUDIO_NOTE] == 3  # "no audio", and the odd-size and 4K clips are made silent
@@ -225,7 +226,7 @@ def test_rerun_skips_done_videos_and_retries_failures(work, dataset):
 def test_other_settings_in_the_same_work_folder_are_refused(work, dataset):
     w, _ = work
     _, rows = dataset
-    with pytest.raises(stage.SettingsMismatch, match="num_frames: 8 there, 16 now"):
+    with pytest.raises(claims.SettingsMismatch, match="num_frames: 8 there, 16 now"):
         stage.run_stage(frames.STAGE, rows, w, frames.FrameSettings(num_frames=16, size=S), jobs=1)
 
 
@@ -238,10 +239,10 @@ def test_cli_summary_line_and_exit_codes(dataset, tmp_path):
     root, _ = dataset
     done = _cli("extract.frames", "--manifest", str(root / "manifest.csv"), "--work", str(tmp_path),
                 "--num-frames", str(T), "--size", str(S), "--jobs", "2")
-    assert done.returncode == stage.EXIT_SOME_FAILED, done.stderr
+    assert done.returncode == cli.EXIT_SOME_FAILED, done.stderr
     assert f"frames: done {len(GOOD)} / skipped 0 / failed {len(BAD)}" in done.stdout
     bad = _cli("extract.frames", "--manifest", str(tmp_path / "none.csv"), "--work", str(tmp_path))
-    assert bad.returncode == stage.EXIT_USAGE and "manifest not found" in bad.stderr
+    assert bad.returncode == cli.EXIT_USAGE and "manifest not found" in bad.stderr
 
 
 def test_hung_ffmpeg_is_killed_and_recorded(dataset, tmp_path):
@@ -256,8 +257,8 @@ def test_hung_ffmpeg_is_killed_and_recorded(dataset, tmp_path):
     done = _cli("extract.frames", "--manifest", str(tmp_path / "m.csv"), "--work", str(tmp_path / "w"),
                 "--timeout", "1", "--jobs", "1", env=env)
     assert time.monotonic() - started < 20
-    assert done.returncode == stage.EXIT_SOME_FAILED
-    assert "DecodeTimeout" in stage.read_failures(tmp_path / "w", "frames")["good"]
+    assert done.returncode == cli.EXIT_SOME_FAILED
+    assert "DecodeTimeout" in records.read_failures(tmp_path / "w", "frames")["good"]
 
 
 def test_killed_run_resumes_to_the_same_outputs(dataset, tmp_path):
@@ -292,7 +293,7 @@ def test_dask_backend_gives_the_same_outputs(dataset, work, tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         s = stage.run_stage(frames.STAGE, rows, tmp_path, FRAME_SETTINGS, backend="dask", scheduler=cluster.scheduler_address)
     assert (s.done, s.failed) == (len(GOOD), len(BAD))
-    assert set(stage.read_failures(tmp_path, "frames")) == set(BAD)
+    assert set(records.read_failures(tmp_path, "frames")) == set(BAD)
     for vid in GOOD:
         np.testing.assert_array_equal(frames.load(tmp_path, vid), frames.load(w, vid))
 
@@ -314,7 +315,7 @@ def test_grouped_flow_matches_one_video_at_a_time_and_isolates_failures(tmp_path
     b = stage.run_stage(dataclasses.replace(flow.STAGE, process_group=counted), chosen, tmp_path / "b", grouped, jobs=1)
     assert calls == [5]                                     # one call for the five videos
     assert (a.done, a.failed) == (b.done, b.failed) == (4, 1)
-    assert stage.read_failures(tmp_path / "b", "flow").keys() == {"truncated"}
+    assert records.read_failures(tmp_path / "b", "flow").keys() == {"truncated"}
     for v in chosen:
         if v.id != "truncated":
             x, y = flow.load(tmp_path / "a", v.id).astype(int), flow.load(tmp_path / "b", v.id).astype(int)
