@@ -13,9 +13,9 @@ video's failure, so a 31,761-row manifest with one missing file still runs.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
+import io
 import logging
 import os
 import random
@@ -24,6 +24,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from extract import cli, durable
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ LIST_LABELS = {"-1": "negative", "0": "neutral", "1": "positive"}
 IEMOCAP_CLASSES = ("neu", "hap", "sad", "ang")
 
 
-class ManifestError(ValueError):
+class ManifestError(cli.UserError, ValueError):
     """A manifest that no stage should run on; the message names the offending rows."""
 
 
@@ -110,25 +112,23 @@ def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
         columns.append("text")
     if any(v.group for v in videos):
         columns.append("group")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for v in videos:
-            row = dataclasses.asdict(v)
-            p = Path(v.path)
-            if p.is_absolute():
-                try:
-                    row["path"] = p.resolve().relative_to(base).as_posix()
-                except ValueError:
-                    row["path"] = str(p)
-            for key in ("start", "end"):
-                row[key] = "" if row[key] is None else f"{row[key]:.4f}"
-            row["text"] = row["text"] or ""
-            row["group"] = row["group"] or ""
-            writer.writerow(row)
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for v in videos:
+        row = dataclasses.asdict(v)
+        p = Path(v.path)
+        if p.is_absolute():
+            try:
+                row["path"] = p.resolve().relative_to(base).as_posix()
+            except ValueError:
+                row["path"] = str(p)
+        for key in ("start", "end"):
+            row[key] = "" if row[key] is None else f"{row[key]:.4f}"
+        row["text"] = row["text"] or ""
+        row["group"] = row["group"] or ""
+        writer.writerow(row)
+    return durable.atomic_write_bytes(path, text.getvalue().encode("utf-8"))
 
 
 def validate(videos: Sequence[Video], require_split: bool = True, source: str = "manifest",
@@ -495,7 +495,9 @@ def check(path: str | os.PathLike) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m extract.manifest", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m extract.manifest", __doc__.split("\n\n")[0],
+                        epilog="exit codes: 0 done; 2 the manifest cannot be made or read (one line 'error: ...'); "
+                               "check: 0 ok, 1 warnings, 2 errors")
     sub = parser.add_subparsers(dest="source", required=True)
     p_folder = sub.add_parser("folder", help="one sub-folder per class (DMVER, Music-video)")
     p_folder.add_argument("root")
@@ -516,27 +518,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--out", required=True, help="manifest CSV to write")
         p.add_argument("--seed", type=int, default=0, help="seed of the 60/20/20 split (default 0)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    return cli.run(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args) -> int:
     if args.source == "check":
-        try:
-            report, code = check(args.manifest)
-        except (ManifestError, OSError) as exc:
-            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-            return EXIT_ERRORS
+        report, code = check(args.manifest)
         print(report, end="")
         return code
-    try:
-        if args.source == "folder":
-            videos = from_folder(args.root, args.group_regex)
-        elif args.source == "list":
-            videos = from_list(args.file, args.root, args.group_regex)
-        else:
-            videos = from_iemocap(args.root, merge_exc=args.merge_exc, impro_only=args.impro_only)
-        validate(videos, require_split=False, source=args.source)
-        videos = assign_splits(videos, seed=args.seed)
-    except (ManifestError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.source == "folder":
+        videos = from_folder(args.root, args.group_regex)
+    elif args.source == "list":
+        videos = from_list(args.file, args.root, args.group_regex)
+    else:
+        videos = from_iemocap(args.root, merge_exc=args.merge_exc, impro_only=args.impro_only)
+    validate(videos, require_split=False, source=args.source)
+    videos = assign_splits(videos, seed=args.seed)
     _warn_missing(videos)
     write_manifest(args.out, videos)
     counts = defaultdict(int)

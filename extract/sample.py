@@ -46,6 +46,7 @@ from typing import Sequence
 
 import numpy as np
 
+from extract import cli, durable
 from extract.manifest import Video, assign_splits, write_manifest
 from extract.media import ffmpeg_exe
 
@@ -186,12 +187,16 @@ def per_class(videos: int) -> list[int]:
     return [base + (1 if c < extra else 0) for c in range(len(CLASSES))]
 
 
+class SampleError(cli.UserError, ValueError):
+    """Arguments that cannot make a usable dataset; the message says which and why."""
+
+
 def plan_dataset(videos: int = 60, seed: int = 0, min_seconds: float = 3.0, max_seconds: float = 6.0) -> list[Plan]:
     if videos < MIN_PER_CLASS * len(CLASSES):
-        raise ValueError(f"--videos must be at least {MIN_PER_CLASS * len(CLASSES)} "
+        raise SampleError(f"--videos must be at least {MIN_PER_CLASS * len(CLASSES)} "
                          f"({MIN_PER_CLASS} per class fill train/val/test), got {videos}")
     if not 0.5 <= min_seconds <= max_seconds:
-        raise ValueError(f"need 0.5 <= min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
+        raise SampleError(f"need 0.5 <= min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
     return [plan_video(label, i, seed, min_seconds, max_seconds)
             for label, n in zip(CLASSES, per_class(videos)) for i in range(n)]
 
@@ -288,7 +293,7 @@ def render_video(plan: Plan, path: str | os.PathLike) -> Path:
     """Render and encode one video to `path` (written as a temporary file, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = durable.temp_path(path)
     wav = path.with_name(f".{path.stem}.tmp{os.getpid()}.wav")
     command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "pipe:0"]
@@ -317,7 +322,8 @@ def render_video(plan: Plan, path: str | os.PathLike) -> Path:
             raise
         if returncode != 0:
             raise RuntimeError(f"ffmpeg failed on {plan.id}: {err[-2000:]}")
-        os.replace(tmp, path)
+        durable.fsync_file(tmp)
+        durable.publish(tmp, path)
     finally:
         for leftover in (tmp, wav):
             leftover.unlink(missing_ok=True)
@@ -325,9 +331,7 @@ def render_video(plan: Plan, path: str | os.PathLike) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    durable.atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
 def _render_one(plan: Plan, out: str) -> str:
@@ -400,9 +404,7 @@ def generate(out: str | os.PathLike, videos: int = 60, seed: int = 0, min_second
                  "fingerprints": {p.id: p.fingerprint() for p in plans},
                  "labels": {p.id: p.label for p in plans},
                  "plans": [dataclasses.asdict(p) for p in plans]}
-    tmp = out / f".{STAMP}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(new_stamp, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / STAMP)
+    durable.atomic_write_bytes(out / STAMP, (json.dumps(new_stamp, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     log(f"wrote {manifest} ({len(plans)} videos, {len(todo)} rendered) in {time.perf_counter() - started:.1f} s")
     return manifest_videos
 
@@ -416,7 +418,8 @@ def load_plans(out: str | os.PathLike) -> list[Plan]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m extract.sample", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m extract.sample", __doc__.split("\n\n")[0],
+                        formatter_class=argparse.HelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (manifest.csv, <label>/<id>.mp4)")
     parser.add_argument("--videos", type=int, default=60, help="number of videos, balanced over 3 classes (default 60, at least 15)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the videos and of the split (default 0)")
@@ -427,12 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error("--seed must be >= 0")
-    try:
-        generate(args.out, args.videos, args.seed, args.min_seconds, args.max_seconds, jobs=args.jobs or None, force=args.force)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
+    generate(args.out, args.videos, args.seed, args.min_seconds, args.max_seconds, jobs=args.jobs or None,
+             force=args.force)
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Batched dual TV-L1 optical flow in PyTorch that agrees with OpenCV contrib's
-`cv2.optflow.DualTVL1OpticalFlow` at its default parameters (FACTS.md section 7).
+`cv2.optflow.DualTVL1OpticalFlow` at its default parameters.
 
 Why: OpenCV solves one pair at a time on the CPU; here every step works on a batch `[B, H, W]` of
 same-size pairs, on CPU or CUDA alike, so a GPU can take many videos' pairs at once.
@@ -32,8 +32,8 @@ pairs/s of this module and of OpenCV on the same pairs, their ratio and their ag
 """
 from __future__ import annotations
 
-import argparse
 import functools
+import sys
 import time
 from typing import Sequence
 
@@ -533,13 +533,14 @@ def synthetic_pairs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     return prev, nxt
 
 
-def _bench(argv: Sequence[str] | None = None) -> None:
-    import cv2
+def main(argv: Sequence[str] | None = None) -> int:
+    from extract import cli
+    from extract.clip import ClipSettings
 
-    ap = argparse.ArgumentParser(prog="python -m extract.tvl1_torch", description=__doc__.split("\n")[0])
+    ap = cli.parser("python -m extract.tvl1_torch", __doc__.split("\n")[0])
     ap.add_argument("--bench", action="store_true", help="time torch vs OpenCV on the same synthetic pairs")
     ap.add_argument("--pairs", type=int, default=32)
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, default=ClipSettings.size)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both torch and OpenCV")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cv-pairs", type=int, default=None, help="pairs timed with OpenCV (default: all)")
@@ -547,7 +548,15 @@ def _bench(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not args.bench:
         ap.print_help()
-        return
+        return cli.EXIT_OK
+    return cli.run(lambda: _bench(args), verbose=args.verbose)
+
+
+def _bench(args) -> None:
+    import cv2
+
+    from extract.flow import FlowSettings, quantise
+
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     prev, nxt = synthetic_pairs(args.pairs, args.size)
@@ -568,10 +577,8 @@ def _bench(argv: Sequence[str] | None = None) -> None:
     t_torch, c_torch = time.perf_counter() - t0, time.process_time() - c0
 
     epe = np.sqrt(((out[:ncv] - ref) ** 2).sum(-1))
-    def quantise(f):
-        return np.clip(np.rint((f + 20.0) * 255.0 / 40.0), 0, 255).astype(np.int16)
-
-    within = float((np.abs(quantise(out[:ncv]) - quantise(ref)) <= 1).mean())
+    bound = FlowSettings.bound
+    within = float((np.abs(quantise(out[:ncv], bound).astype(np.int16) - quantise(ref, bound)) <= 1).mean())
     print(f"pairs={args.pairs} size={args.size} threads={args.threads} device={args.device} "
           f"cpu_chunk_pixels={args.cpu_chunk_pixels} "
           f"cv2={cv2.__version__} torch={torch.__version__}")
@@ -579,8 +586,8 @@ def _bench(argv: Sequence[str] | None = None) -> None:
     print(f"torch : {args.pairs / t_torch:.2f} pairs/s ({t_torch:.1f} s wall, {c_torch:.1f} s CPU for {args.pairs} "
           f"pairs, one call)")
     print(f"ratio : torch / opencv = {(args.pairs / t_torch) / (ncv / t_cv):.2f}")
-    print(f"agreement: mean EPE {epe.mean():.4f} px, within 1 grey level (bound 20) {100 * within:.2f}%")
+    print(f"agreement: mean EPE {epe.mean():.4f} px, within 1 grey level (bound {bound:g}) {100 * within:.2f}%")
 
 
 if __name__ == "__main__":
-    _bench()
+    sys.exit(main())
