@@ -27,8 +27,8 @@ RESIZES = ("crop", "squash")
 
 @dataclasses.dataclass(frozen=True)
 class ClipSettings:
-    """The frames a stage picks and their geometry; the defaults are the published ones
-    (79 frames of 224 x 224), with I3D's crop instead of the published squash."""
+    """The frames a stage picks and their geometry: the published frame count and size by
+    default, with I3D's crop instead of the published squash."""
 
     num_frames: int = option(79, "frames picked per video (the published number is the default)")
     size: int = option(224, "side of the square frames, in pixels")
