@@ -61,7 +61,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from extract import durable
+from extract import csvcells, durable
 from extract.manifest import ManifestError, Video, read_manifest
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_RUN_FAILED = 2  # the run itself failed (same code as "nothing ran": the Makefile stops on both)
 FAILURE_COLUMNS = ("id", "path", "stage", "reason")
 WARNING_COLUMNS = ("id", "path", "stage", "warning")
+FREE_TEXT = ("path", "reason", "warning")  # guarded against spreadsheet formulas (extract.csvcells)
 SETTINGS_FILE, LOCK_FILE = "settings.json", "settings.lock"
 SOURCE_SUFFIX = ".source.json"
 
@@ -457,7 +458,7 @@ def read_failures(work: str | os.PathLike, stage: str) -> dict[str, str]:
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as f:
-        return {row["id"]: row["reason"] for row in csv.DictReader(f)}
+        return {row["id"]: csvcells.unguard(row["reason"]) for row in csv.DictReader(f)}
 
 
 def read_warnings(work: str | os.PathLike, stage: str) -> list[dict]:
@@ -466,7 +467,7 @@ def read_warnings(work: str | os.PathLike, stage: str) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [csvcells.unguard_fields(row, FREE_TEXT) for row in csv.DictReader(f)]
 
 
 def _write_failures(work: Path, stage: str, rows: Sequence[dict]) -> None:
@@ -485,9 +486,9 @@ def _csv_text(rows: Sequence[dict], columns: Sequence[str] = FAILURE_COLUMNS) ->
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer = csvcells.dict_writer(buf, fieldnames=columns)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csvcells.guard_fields(row, FREE_TEXT) for row in rows)
     return buf.getvalue()
 
 
