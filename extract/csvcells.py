@@ -40,8 +40,7 @@ TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 def needs_guard(text: str) -> bool:
     """Whether a spreadsheet could read `text` as a formula, or `unguard` would change it."""
-    stripped = text.lstrip("'")
-    return stripped[:1] in TRIGGERS and stripped != ""
+    return text.lstrip("'")[:1] in TRIGGERS
 
 
 def guard(text: str | None) -> str:
