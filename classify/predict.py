@@ -11,6 +11,9 @@ then the bundle's heads and fusion, and writes `W2/predictions.csv`:
     <m>_predicted, <m>_probability (each modality's own label and its probability),
     modalities (the ones used, '+'-joined), missing ("audio: no audio stream; text: no caption")
 
+(`missing` is free text, guarded against spreadsheet formulas as `extract.csvcells` says; ids
+and class names are keys, written as they are.)
+
 A video lacking a modality is predicted from the ones it has (the fusion renormalises over them);
 one with none gets an empty prediction and its reasons. Checkpoints are checked before anything
 is embedded: a backbone whose SHA-256 differs from the bundle's, or a work folder holding
@@ -23,7 +26,6 @@ modality left), the rest are predicted; 2 the run failed (bad bundle or manifest
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import logging
@@ -34,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from classify.export import BUNDLE_FORMAT
-from extract import cli, durable, stage
+from extract import cli, csvcells, durable, stage
 from extract.manifest import Video, read_manifest
 from features import backbones, cache
 from features import modalities as registry
@@ -135,7 +137,7 @@ def predict_proba(bundle_dir: Path, bundle: dict, videos: Sequence[Video], work:
 def predictions_csv(bundle: dict, ids, fused, P, reasons) -> str:
     names, classes = bundle["modalities"], bundle["class_names"]
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csvcells.writer(buf)
     writer.writerow(["id", "predicted", *[f"p_{c}" for c in classes],
                      *[c for m in names for c in (f"{m}_predicted", f"{m}_probability")], "modalities", "missing"])
     for i, vid in enumerate(ids):
@@ -149,7 +151,7 @@ def predictions_csv(bundle: dict, ids, fused, P, reasons) -> str:
             else:
                 used.append(m)
                 row += [classes[int(P[j, i].argmax())], f"{P[j, i].max():.6f}"]
-        writer.writerow(row + ["+".join(used), "; ".join(reasons[vid])])
+        writer.writerow(row + ["+".join(used), csvcells.guard("; ".join(reasons[vid]))])
     return buf.getvalue()
 
 

@@ -14,18 +14,21 @@ video's failure, so a 31,761-row manifest with one missing file still runs.
 from __future__ import annotations
 
 import csv
+import argparse
 import dataclasses
 import io
 import logging
+import math
 import os
 import random
 import re
 import sys
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from extract import cli, durable
+from extract import cli, csvcells, durable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".w
 # The published list files carry -1/0/1; the published scripts shift them by +1 to 0/1/2.
 LIST_LABELS = {"-1": "negative", "0": "neutral", "1": "positive"}
 IEMOCAP_CLASSES = ("neu", "hap", "sad", "ang")
+FREE_TEXT = ("path", "text")  # columns guarded against spreadsheet formulas (extract.csvcells); the rest are keys
 
 
 class ManifestError(cli.UserError, ValueError):
@@ -66,42 +70,56 @@ def _float_or_none(value: str | None) -> float | None:
 
 
 def read_manifest(path: str | os.PathLike, require_split: bool = True, require_label: bool = True) -> list[Video]:
-    """Read and validate a manifest; relative video paths are resolved against its folder."""
+    """Read and validate a manifest; relative video paths are resolved against its folder.
+
+    A manifest without a single video is an error: every command reading one has nothing to do."""
     videos = read_rows(path)
+    if not videos:
+        raise ManifestError(f"{path} has no videos")
     validate(videos, require_split=require_split, require_label=require_label, source=str(path))
     return videos
 
 
 def read_rows(path: str | os.PathLike) -> list[Video]:
-    """The rows of a manifest as videos, without `validate` (`check` reports its problems itself)."""
+    """The rows of a manifest as videos, without `validate` (`check` reports its problems itself).
+
+    Captions and paths are read back through `csvcells.unguard` (the spreadsheet guard of
+    `write_manifest`); cells may be of any length."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     base = path.resolve().parent
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = {"id", "path", "label", "split"} - set(reader.fieldnames or ())
-        if missing:
-            raise ManifestError(f"{path}: missing column(s) {sorted(missing)}; the header must start with id,path,label,split")
-        videos = []
-        for row in reader:
-            try:
-                start, end = _float_or_none(row.get("start")), _float_or_none(row.get("end"))
-            except ValueError as exc:
-                raise ManifestError(f"{path}, line {reader.line_num}: bad start/end ({exc})") from None
-            video_path = (row["path"] or "").strip()
-            if video_path and not os.path.isabs(video_path):
-                video_path = str(base / video_path)
-            videos.append(Video(
-                id=(row["id"] or "").strip(), path=video_path, label=(row["label"] or "").strip(),
-                split=(row["split"] or "").strip(), start=start, end=end,
-                text=row.get("text") or None, group=(row.get("group") or "").strip() or None,
-            ))
+    try:
+        records = csvcells.read_records(path, overflow="text")
+    except csvcells.CsvError as exc:
+        raise ManifestError(str(exc)) from None
+    header = records[0][1] if records else []
+    missing = {"id", "path", "label", "split"} - set(header)
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {sorted(missing)}; the header must start with id,path,label,split")
+    videos = []
+    for first, cells in records[1:]:
+        row = dict(zip(header, cells))
+        try:
+            start, end = _float_or_none(row.get("start")), _float_or_none(row.get("end"))
+        except ValueError as exc:
+            raise ManifestError(f"{path}, line {first}: bad start/end ({exc})") from None
+        video_path = csvcells.unguard((row.get("path") or "").strip())
+        if video_path and not os.path.isabs(video_path):
+            video_path = str(base / video_path)
+        videos.append(Video(
+            id=(row.get("id") or "").strip(), path=video_path, label=(row.get("label") or "").strip(),
+            split=(row.get("split") or "").strip(), start=start, end=end,
+            text=csvcells.unguard(row.get("text")) or None, group=(row.get("group") or "").strip() or None,
+        ))
     return videos
 
 
 def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
-    """Write atomically; optional columns appear only when some video uses them."""
+    """Write atomically; optional columns appear only when some video uses them.
+
+    LF line ends; captions and paths go through `csvcells.guard` so that a spreadsheet never
+    runs them as formulas (ids, labels, splits and groups are keys, written as they are)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.resolve().parent
@@ -112,8 +130,8 @@ def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
         columns.append("text")
     if any(v.group for v in videos):
         columns.append("group")
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    buf = io.StringIO()
+    writer = csvcells.dict_writer(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for v in videos:
         row = dataclasses.asdict(v)
@@ -127,14 +145,18 @@ def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
             row[key] = "" if row[key] is None else f"{row[key]:.4f}"
         row["text"] = row["text"] or ""
         row["group"] = row["group"] or ""
-        writer.writerow(row)
-    return durable.atomic_write_bytes(path, text.getvalue().encode("utf-8"))
+        writer.writerow(csvcells.guard_fields(row, FREE_TEXT))
+    durable.atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    return path
 
 
 def validate(videos: Sequence[Video], require_split: bool = True, source: str = "manifest",
              require_label: bool = True) -> None:
-    """Duplicate ids, empty ids or labels and unknown splits are errors naming their rows.
+    """Duplicate ids, empty ids or labels, unknown splits and bad clip bounds are errors naming their rows.
 
+    An id holding a control character (NUL, tab, newline, DEL, C1 ...) is refused: such ids
+    break the HDF5 cache and every line-based tool downstream. Clip bounds must be finite
+    seconds, not negative, with end after start (FFmpeg would fail later with its own words).
     Row numbers count data rows from 1 (the CSV line number is one more, for the header).
     """
     problems = []
@@ -142,6 +164,8 @@ def validate(videos: Sequence[Video], require_split: bool = True, source: str = 
     for row, v in enumerate(videos, start=1):
         if not v.id:
             problems.append(f"row {row}: empty id")
+        elif any(unicodedata.category(c) == "Cc" for c in v.id):
+            problems.append(f"row {row}: id {v.id!r} holds a control character; use printable text")
         elif v.id in seen:
             problems.append(f"row {row}: duplicate id {v.id!r} (first at row {seen[v.id]})")
         else:
@@ -154,12 +178,24 @@ def validate(videos: Sequence[Video], require_split: bool = True, source: str = 
             problems.append(f"row {row} ({v.id!r}): split {v.split!r} is not one of {', '.join(SPLITS)}")
         elif require_split and not v.split:
             problems.append(f"row {row} ({v.id!r}): empty split")
-        if v.start is not None and v.end is not None and v.end <= v.start:
-            problems.append(f"row {row} ({v.id!r}): end {v.end} is not after start {v.start}")
+        problems += [f"row {row} ({v.id!r}): {p}" for p in _clip_problems(v.start, v.end)]
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ManifestError(f"{source}: {len(problems)} problem(s):\n  {shown}{more}")
+
+
+def _clip_problems(start: float | None, end: float | None) -> list[str]:
+    """What is wrong with a clip's bounds (seconds): non-finite, negative, or end not after start."""
+    bad = [f"{name} {value} is not a finite number of seconds" for name, value in (("start", start), ("end", end))
+           if value is not None and not math.isfinite(value)]
+    if bad:
+        return bad
+    bad = [f"{name} {value} is negative" for name, value in (("start", start), ("end", end))
+           if value is not None and value < 0]
+    if not bad and end is not None and end <= (start or 0.0):
+        bad.append(f"end {end} is not after start {start or 0.0}")
+    return bad
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -428,7 +464,7 @@ def check(path: str | os.PathLike) -> tuple[str, int]:
     2 errors: the stages refuse this manifest. An unreadable manifest raises `ManifestError`.
     """
     videos = read_rows(path)
-    errors = ""
+    errors = "" if videos else f"{path} has no videos"
     try:
         validate(videos, source=str(path))
     except ManifestError as exc:

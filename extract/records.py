@@ -12,11 +12,12 @@ import io
 import os
 from typing import Sequence
 
-from extract import durable
+from extract import csvcells, durable
 from extract.layout import Work, as_work
 
 FAILURE_COLUMNS = ("id", "path", "stage", "reason")
 WARNING_COLUMNS = ("id", "path", "stage", "warning")
+FREE_TEXT = ("path", "reason", "warning")  # guarded against spreadsheet formulas (extract.csvcells)
 
 
 def read_failures(work: str | os.PathLike | Work, stage: str) -> dict[str, str]:
@@ -25,7 +26,7 @@ def read_failures(work: str | os.PathLike | Work, stage: str) -> dict[str, str]:
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as f:
-        return {row["id"]: row["reason"] for row in csv.DictReader(f)}
+        return {row["id"]: csvcells.unguard(row["reason"]) for row in csv.DictReader(f)}
 
 
 def read_warnings(work: str | os.PathLike | Work, stage: str) -> list[dict]:
@@ -34,7 +35,7 @@ def read_warnings(work: str | os.PathLike | Work, stage: str) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [csvcells.unguard_fields(row, FREE_TEXT) for row in csv.DictReader(f)]
 
 
 def write_failures(work: str | os.PathLike | Work, stage: str, rows: Sequence[dict]) -> None:
@@ -51,7 +52,7 @@ def write_warnings(work: str | os.PathLike | Work, stage: str, rows: Sequence[di
 
 def _write(path, rows: Sequence[dict], columns: Sequence[str]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer = csvcells.dict_writer(buf, fieldnames=columns)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csvcells.guard_fields(row, FREE_TEXT) for row in rows)
     durable.atomic_write_bytes(path, buf.getvalue().encode("utf-8"), sync_dir=True)

@@ -9,6 +9,9 @@ Cleaning (`clean_caption`) is explicit, deterministic and recorded in the cache'
   English BERT WordPiece vocabulary) maps every emoji to the same [UNK] token, so they add noise,
   not meaning. `emoji="keep"` leaves them for encoders whose vocabulary has them (multilingual
   models: see the README);
+* invisible characters (zero-width spaces, bidi marks, BOM, soft hyphens, control characters,
+  variation selectors, emoji tags: `features.invisible`) are removed, so a caption made only of
+  them is empty;
 * runs of whitespace become one space; leading and trailing space is removed.
 
 A caption that is absent, empty or empty after cleaning has no text modality: the feature
@@ -29,6 +32,8 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+
+from features.invisible import strip_invisible
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Encoders shipped inside PyPI wheels: name -> (module, function giving the model folder).
@@ -56,7 +61,7 @@ def clean_caption(text: str | None, emoji: str = "drop", hashtags: str = "word")
         raise ValueError(f"hashtags must be one of {HASHTAG_CHOICES}, got {hashtags!r}")
     if not text:
         return ""
-    out = unicodedata.normalize("NFKC", text)
+    out = strip_invisible(unicodedata.normalize("NFKC", text), keep_emoji_glue=emoji == "keep")
     out = _URL.sub(" ", out)
     out = _MENTION.sub(" ", out)
     out = _HASHTAG.sub(r"\1" if hashtags == "word" else " ", out)
