@@ -8,9 +8,9 @@ the audio was shorter than one 0.96 s example and was zero-padded to one). The f
 rate and channels, mixed to mono and resampled to 16 kHz (libsoxr HQ) once; the log-mels are
 computed from that signal.
 
-Memory does not grow with the file's length (an hour-long dialog or music video costs what a
-15 s clip does, plus the pieces): the audio is read from FFmpeg's pipe `CHUNK_SECONDS` at a
-time, mixed, resampled and turned into examples piece by piece (`logmel.Mono16k`,
+Memory does not grow with the file's length (an hour-long dialog or music video needs what a
+one-minute clip does): the audio is read from FFmpeg's pipe a minute at a time
+(`media.audio_chunks`), mixed, resampled and turned into examples piece by piece (`logmel.Mono16k`,
 `logmel.ExampleStream`, equal to the whole-signal computation bit for bit), and the examples and
 the FLAC stream are appended to temporaries beside the output, then copied into the `.npz`
 (`write_npz`), which is published atomically as before.
@@ -101,8 +101,6 @@ class AudioSettings:
 # Decoded and declared audio lengths may differ by this much without a warning (codec priming
 # and padding are a few hundredths of a second).
 LENGTH_TOLERANCE = 0.1
-#: Seconds of decoded audio the stage holds at a time (`process(..., chunk_seconds=...)`).
-CHUNK_SECONDS = media.AUDIO_CHUNK_SECONDS
 _COPY_BLOCK = 1 << 20
 
 
@@ -120,8 +118,8 @@ def declared_seconds(info: media.MediaInfo, video: Video) -> float | None:
 def write_npz(f, members: dict) -> None:
     """An `.npz` as `np.savez` writes it (stored zip members `<name>.npy`), to the open file `f`.
 
-    A member is an array (or scalar), or `(dtype, shape, path)`: a file holding the C-order bytes of such
-    an array, copied in blocks, so no member has to be in memory whole."""
+    A member is an array (or scalar), or `(dtype, shape, path)`: a file holding the C-order bytes
+    of such an array, copied in blocks, so no member has to be in memory whole."""
     from numpy.lib import format as npy
 
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
@@ -137,7 +135,7 @@ def write_npz(f, members: dict) -> None:
                     shutil.copyfileobj(src, m, _COPY_BLOCK)
 
 
-def _decode(video: Video, info: media.MediaInfo, settings: AudioSettings, chunk_seconds: float,
+def _decode(video: Video, info: media.MediaInfo, settings: AudioSettings, chunk_seconds: float | None,
             examples_file, flac) -> tuple[int, bool]:
     """Decode, mix, resample, log-mel and FLAC-encode the audio a piece at a time, appending the
     float32 examples to `examples_file` and the samples to `flac`; `(examples, padded)`."""
@@ -151,8 +149,9 @@ def _decode(video: Video, info: media.MediaInfo, settings: AudioSettings, chunk_
         flac.write(_pcm16(x16k))
 
     decoded = values = bad = 0
+    chunk = None if chunk_seconds is None else max(1, int(round(chunk_seconds * rate)))
     pieces = media.audio_chunks(video.path, channels, rate, start=video.start, end=video.end,
-                                timeout=settings.timeout, chunk_samples=max(1, int(round(chunk_seconds * rate))))
+                                timeout=settings.timeout, chunk_samples=chunk)
     with contextlib.closing(pieces):
         for piece in pieces:
             decoded, values = decoded + piece.shape[0], values + piece.size
@@ -176,9 +175,10 @@ def _decode(video: Video, info: media.MediaInfo, settings: AudioSettings, chunk_
 
 
 def process(video: Video, out: Path, settings: AudioSettings, chunk_seconds: float | None = None) -> str | None:
-    """One video's `.npz`, in memory bounded by `chunk_seconds` (default `CHUNK_SECONDS`) of audio
-    whatever the file's length: the examples and the FLAC stream go to temporaries beside `out`
-    (removed after, or by the next run if this process dies) and are copied into the `.npz`."""
+    """One video's `.npz`, in memory bounded by `chunk_seconds` of audio (default: the piece of
+    `media.audio_chunks`, a minute) whatever the file's length. The examples and the FLAC stream
+    go to temporaries beside `out` (removed after, or by the next run if this process dies) and
+    are copied into the `.npz`."""
     info = media.probe(video.path, timeout=settings.timeout)
     if not info.has_audio:
         stage.write_output(out, lambda f: write_npz(f, dict(
@@ -189,8 +189,7 @@ def process(video: Video, out: Path, settings: AudioSettings, chunk_seconds: flo
     flac_tmp = durable.temp_path(out.with_name(out.name + ".flac"))
     try:
         with open(examples_tmp, "wb") as examples_file, _flac_writer(str(flac_tmp)) as flac:
-            count, padded = _decode(video, info, settings, CHUNK_SECONDS if chunk_seconds is None else chunk_seconds,
-                                    examples_file, flac)
+            count, padded = _decode(video, info, settings, chunk_seconds, examples_file, flac)
         members = dict(examples=(np.float32, (count, logmel.EXAMPLE_FRAMES, logmel.NUM_BANDS), examples_tmp),
                        has_audio=np.bool_(True), padded=np.bool_(padded),
                        waveform_flac=(np.uint8, (flac_tmp.stat().st_size,), flac_tmp))

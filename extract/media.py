@@ -30,7 +30,6 @@ def ffmpeg_exe() -> str:
 
 import dataclasses
 import re
-import select
 import stat
 import subprocess
 import threading
@@ -336,29 +335,27 @@ class _WaitedPipe(_FFmpegPipe):
 
     def __init__(self, cmd: Sequence[str], timeout: float):
         super().__init__(cmd, timeout)
-        self._timer.cancel()   # replaced by the waiting budget of `fill`
+        self._timer.cancel()   # replaced by one timer per `fill`, for what is left of the limit
         self.waited = 0.0
 
-    def fill(self, buf: memoryview) -> int:
-        """Read into `buf` until it is full; the bytes read (fewer at the end of the stream or
-        when the time limit is spent, after which FFmpeg is killed)."""
-        fd, got = self.proc.stdout.fileno(), 0
-        while got < len(buf):
-            started = time.monotonic()
-            ready = select.select([fd], [], [], max(0.0, self.timeout - self.waited))[0]
+    def fill(self, buf) -> int:
+        """Read into the writable buffer `buf` until it is full; the bytes read (fewer at the end
+        of the stream, or when the time limit ran out and FFmpeg was killed)."""
+        timer = threading.Timer(max(0.0, self.timeout - self.waited), self._kill)
+        timer.daemon = True
+        started = time.monotonic()
+        timer.start()
+        try:
+            return self.proc.stdout.readinto(buf) or 0   # a buffered reader: loops until full or the end
+        finally:
+            timer.cancel()
             self.waited += time.monotonic() - started
-            if not ready:
-                self._kill()
-                break
-            n = os.readv(fd, [buf[got:]])
-            if n == 0:
-                break
-            got += n
-        return got
 
 
-#: Seconds of audio per piece of `audio_chunks` by default.
-AUDIO_CHUNK_SECONDS = 10.0
+#: Seconds of audio per piece of `audio_chunks` by default (a micro-video is one piece) ...
+AUDIO_CHUNK_SECONDS = 60.0
+#: ... and at most this many bytes of decoded float32 samples (many channels at a high rate).
+AUDIO_CHUNK_BYTES = 64 << 20
 
 
 def audio_chunks(path: str | os.PathLike, channels: int, sample_rate: int, start: float | None = None,
@@ -367,29 +364,28 @@ def audio_chunks(path: str | os.PathLike, channels: int, sample_rate: int, start
     """The first audio stream in consecutive float32 `[<= chunk_samples, channels]` pieces.
 
     What `decode_audio` returns, read from FFmpeg's pipe a piece at a time, so memory does not
-    grow with the file's length (default piece: `AUDIO_CHUNK_SECONDS` of audio). `timeout`
-    counts the seconds spent waiting for FFmpeg, not those the caller spends on each piece.
-    Raises `MediaError` when FFmpeg fails before giving any sample, `DecodeTimeout` (after the
-    pieces read so far) when it was killed for taking too long."""
+    grow with the file's length (default piece: `AUDIO_CHUNK_SECONDS` of audio, at most
+    `AUDIO_CHUNK_BYTES`). `timeout` counts the seconds spent waiting for FFmpeg, not those the
+    caller spends on each piece. Raises `MediaError` when FFmpeg fails before giving any
+    sample, `DecodeTimeout` (after the pieces read so far) when it was killed for taking too long."""
     channels = int(channels)
     if chunk_samples is None:
-        chunk_samples = int(AUDIO_CHUNK_SECONDS * sample_rate)
+        chunk_samples = max(1, min(int(AUDIO_CHUNK_SECONDS * sample_rate), AUDIO_CHUNK_BYTES // (4 * channels)))
     if chunk_samples < 1:
         raise ValueError(f"chunk_samples must be at least 1, got {chunk_samples}")
-    frame = 4 * channels
     cmd = audio_command(path, channels, sample_rate, start, end)
     got_any = False
     with _WaitedPipe(cmd, timeout) as pipe:
         full = True
         while full:
-            buf = bytearray(chunk_samples * frame)
-            with memoryview(buf) as view:
+            # not zeroed: the pages a short file never fills are never touched
+            piece = np.empty((chunk_samples, channels), np.float32)
+            with memoryview(piece).cast("B") as view:
                 read = pipe.fill(view)
-            full, n = read == len(buf), read // frame * frame   # a trailing partial sample is dropped
+            full, n = read == piece.nbytes, read // (4 * channels)   # a trailing partial sample is dropped
             if n:
                 got_any = True
-                del buf[n:]
-                yield np.frombuffer(buf, np.float32).reshape(-1, channels)
+                yield piece[:n]
         pipe.close(f"decoding audio of {path}")
         if pipe.proc.returncode != 0 and not got_any:
             raise MediaError(f"audio could not be decoded ({pipe.error}): {path}")
