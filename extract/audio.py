@@ -4,9 +4,16 @@
 float32 `[N, 96, 64]`, the waveform `waveform_flac` and two flags: `has_audio` (False when the
 file has no audio stream: recorded as missing audio, not as a failure) and `padded` (True when
 the audio was shorter than one 0.96 s example and was zero-padded to one). The front end is
-`log_mel_examples` (extract/logmel.py: VGGish's published parameters); the first audio
-stream is decoded by FFmpeg at its own rate and channels, mixed to mono and resampled to 16 kHz
-(libsoxr HQ) once; the log-mels are computed from that signal.
+`log_mel_examples` (extract/logmel.py); the first audio stream is decoded by FFmpeg at its own
+rate and channels, mixed to mono and resampled to 16 kHz (libsoxr HQ) once; the log-mels are
+computed from that signal.
+
+Memory does not grow with the file's length (an hour-long dialog or music video needs what a
+one-minute clip does): the audio is read from FFmpeg's pipe a minute at a time
+(`media.audio_chunks`), mixed, resampled and turned into examples piece by piece (`logmel.Mono16k`,
+`logmel.ExampleStream`, equal to the whole-signal computation bit for bit), and the examples and
+the FLAC stream are appended to temporaries beside the output, then copied into the `.npz`
+(`write_npz`), which is published atomically as before.
 
 The waveform models (wav2vec 2.0, HuBERT: `features.modalities`) need the signal itself, so the
 same 16 kHz mono signal is kept, compactly: 16-bit PCM (samples clipped to [-1, 1], rounded to
@@ -28,15 +35,17 @@ as decoded, with a row in `W/audio/warnings.csv`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import shutil
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from extract import cli, logmel, media, stage
+from extract import cli, durable, logmel, media, stage
 from extract.layout import Work
 from extract.logmel import log_mel_examples, log_mel_examples_padded  # noqa: F401  (the front end's public name)
 from extract.manifest import Video
@@ -53,13 +62,24 @@ class OutdatedOutput(ValueError):
     """An audio output written before the stage kept waveforms."""
 
 
+def _pcm16(x16k: np.ndarray) -> np.ndarray:
+    """The stored 16-bit samples of a float signal: clipped to [-1, 1], times 32767, rounded."""
+    return np.round(np.clip(np.asarray(x16k, np.float64), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def _flac_writer(target):
+    """A `soundfile.SoundFile` writing the stored FLAC stream (what `encode_waveform` makes) piece by piece."""
+    import soundfile
+
+    return soundfile.SoundFile(target, "w", samplerate=WAVEFORM_RATE, channels=1, format="FLAC", subtype="PCM_16")
+
+
 def encode_waveform(x16k: np.ndarray) -> np.ndarray:
     """float 16 kHz mono signal -> the bytes (uint8 array) of a 16-bit FLAC stream."""
     import soundfile
 
-    pcm = np.round(np.clip(np.asarray(x16k, np.float64), -1.0, 1.0) * 32767.0).astype(np.int16)
     buf = io.BytesIO()
-    soundfile.write(buf, pcm, WAVEFORM_RATE, format="FLAC", subtype="PCM_16")
+    soundfile.write(buf, _pcm16(x16k), WAVEFORM_RATE, format="FLAC", subtype="PCM_16")
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
@@ -81,6 +101,7 @@ class AudioSettings:
 # Decoded and declared audio lengths may differ by this much without a warning (codec priming
 # and padding are a few hundredths of a second).
 LENGTH_TOLERANCE = 0.1
+_COPY_BLOCK = 1 << 20
 
 
 def declared_seconds(info: media.MediaInfo, video: Video) -> float | None:
@@ -94,34 +115,89 @@ def declared_seconds(info: media.MediaInfo, video: Video) -> float | None:
     return max(0.0, end - (video.start or 0.0))
 
 
-def process(video: Video, out: Path, settings: AudioSettings) -> str | None:
-    info = media.probe(video.path, timeout=settings.timeout)
-    if not info.has_audio:
-        examples, padded, note = np.zeros((0, 96, 64), np.float32), False, NO_AUDIO_NOTE
-    else:
-        rate = info.audio_rate or 44100
-        waveform = media.decode_audio(video.path, info.audio_channels or 2, rate,
-                                      start=video.start, end=video.end, timeout=settings.timeout)
-        bad = int(np.count_nonzero(~np.isfinite(waveform)))
-        if bad:
-            raise ValueError(f"non-finite log-mel: the decoded audio holds {bad} NaN or infinite sample(s) "
-                             f"of {waveform.size}; nothing stored")
-        declared, decoded = declared_seconds(info, video), len(waveform) / rate
-        if declared is not None and abs(decoded - declared) > LENGTH_TOLERANCE:
-            kind = "truncated or damaged" if decoded < declared else "container understates the length"
-            stage.warn(f"{kind}: the container declares {declared:.2f} s of audio, {decoded:.2f} s decode; "
-                       f"the examples cover the {decoded:.2f} s decoded")
-        x16k = logmel.resample(logmel.to_mono(waveform), rate)   # what the front end would do itself
-        examples, padded = log_mel_examples_padded(x16k, WAVEFORM_RATE, pad_short=True)
+def write_npz(f, members: dict) -> None:
+    """An `.npz` as `np.savez` writes it (stored zip members `<name>.npy`), to the open file `f`.
+
+    A member is an array (or scalar), or `(dtype, shape, path)`: a file holding the C-order bytes
+    of such an array, copied in blocks, so no member has to be in memory whole."""
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, value in members.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as m:
+                if not isinstance(value, tuple):
+                    npy.write_array(m, np.asanyarray(value), allow_pickle=False)
+                    continue
+                dtype, shape, path = value
+                npy.write_array_header_1_0(m, {"descr": npy.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": tuple(shape)})
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(src, m, _COPY_BLOCK)
+
+
+def _decode(video: Video, info: media.MediaInfo, settings: AudioSettings, chunk_seconds: float | None,
+            examples_file, flac) -> tuple[int, bool]:
+    """Decode, mix, resample, log-mel and FLAC-encode the audio a piece at a time, appending the
+    float32 examples to `examples_file` and the samples to `flac`; `(examples, padded)`."""
+    rate, channels = info.audio_rate or 44100, info.audio_channels or 2
+    to16k, mel = logmel.Mono16k(rate), logmel.ExampleStream()
+
+    def add(x16k: np.ndarray, examples: np.ndarray) -> None:
         if not np.isfinite(examples).all():
             raise ValueError("non-finite log-mel: the front end produced NaN or infinite values; nothing stored")
-        flac = encode_waveform(x16k)
-        note = PADDED_NOTE if padded else None
+        examples_file.write(np.ascontiguousarray(examples, "<f4").tobytes())
+        flac.write(_pcm16(x16k))
+
+    decoded = values = bad = 0
+    chunk = None if chunk_seconds is None else max(1, int(round(chunk_seconds * rate)))
+    pieces = media.audio_chunks(video.path, channels, rate, start=video.start, end=video.end,
+                                timeout=settings.timeout, chunk_samples=chunk)
+    with contextlib.closing(pieces):
+        for piece in pieces:
+            decoded, values = decoded + piece.shape[0], values + piece.size
+            bad += int(np.count_nonzero(~np.isfinite(piece)))
+            if not bad:   # past the first bad sample the rest is only counted, for the message
+                x16k = to16k(piece)
+                add(x16k, mel.push(x16k))
+    if bad:
+        raise ValueError(f"non-finite log-mel: the decoded audio holds {bad} NaN or infinite sample(s) "
+                         f"of {values}; nothing stored")
+    declared = declared_seconds(info, video)
+    if declared is not None and abs(decoded / rate - declared) > LENGTH_TOLERANCE:
+        kind = "truncated or damaged" if decoded / rate < declared else "container understates the length"
+        stage.warn(f"{kind}: the container declares {declared:.2f} s of audio, {decoded / rate:.2f} s decode; "
+                   f"the examples cover the {decoded / rate:.2f} s decoded")
+    x16k = to16k.flush()
+    add(x16k, mel.push(x16k))
+    tail, padded = mel.finish(pad_short=True)
+    add(np.zeros(0), tail)
+    return mel.count, padded
+
+
+def process(video: Video, out: Path, settings: AudioSettings, chunk_seconds: float | None = None) -> str | None:
+    """One video's `.npz`, in memory bounded by `chunk_seconds` of audio (default: the piece of
+    `media.audio_chunks`, a minute) whatever the file's length. The examples and the FLAC stream
+    go to temporaries beside `out` (removed after, or by the next run if this process dies) and
+    are copied into the `.npz`."""
+    info = media.probe(video.path, timeout=settings.timeout)
     if not info.has_audio:
-        flac = np.zeros(0, np.uint8)
-    stage.write_output(out, lambda f: np.savez(f, examples=examples, has_audio=np.bool_(info.has_audio),
-                                               padded=np.bool_(padded), waveform_flac=flac))
-    return note
+        stage.write_output(out, lambda f: write_npz(f, dict(
+            examples=np.zeros((0, 96, 64), np.float32), has_audio=np.bool_(False), padded=np.bool_(False),
+            waveform_flac=np.zeros(0, np.uint8))))
+        return NO_AUDIO_NOTE
+    examples_tmp = durable.temp_path(out.with_name(out.name + ".examples"))
+    flac_tmp = durable.temp_path(out.with_name(out.name + ".flac"))
+    try:
+        with open(examples_tmp, "wb") as examples_file, _flac_writer(str(flac_tmp)) as flac:
+            count, padded = _decode(video, info, settings, chunk_seconds, examples_file, flac)
+        members = dict(examples=(np.float32, (count, logmel.EXAMPLE_FRAMES, logmel.NUM_BANDS), examples_tmp),
+                       has_audio=np.bool_(True), padded=np.bool_(padded),
+                       waveform_flac=(np.uint8, (flac_tmp.stat().st_size,), flac_tmp))
+        stage.write_output(out, lambda f: write_npz(f, members))
+    finally:
+        examples_tmp.unlink(missing_ok=True)
+        flac_tmp.unlink(missing_ok=True)
+    return PADDED_NOTE if padded else None
 
 
 def outdated(out: Path) -> str | None:

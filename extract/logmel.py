@@ -36,6 +36,14 @@ pad_short=True)` zero-pads such audio at its end (after mono mixing and resampli
 same examples together with a flag saying whether padding happened, for the audio stage to record.
 Audio that already gives one example or more is never padded, and its trailing remainder is
 dropped as published.
+
+Long audio. The whole-signal functions above hold every frame of the signal at once (about
+3 GB per hour of audio). `Mono16k` and `ExampleStream` compute the same thing from a signal fed
+in pieces, in memory bounded by the piece size: mono mixing is per sample, libsoxr's streaming
+resampler gives the samples its one-call resampler gives, and example i depends only on the
+16 kHz samples [15360 i, 15360 i + 15600), so each piece's complete examples are computed as
+soon as their samples are there (consecutive examples share 240 samples, kept for the next
+piece). The result equals the whole-signal functions' bit for bit (tests check it).
 """
 from __future__ import annotations
 
@@ -56,11 +64,13 @@ EXAMPLE_FRAMES = 96          # 0.96 s
 EXAMPLE_HOP = 96             # = EXAMPLE_FRAMES: examples do not overlap (the reshape below relies on it)
 #: Fewest 16 kHz samples that give one complete example.
 MIN_SAMPLES = WINDOW_LENGTH + (EXAMPLE_FRAMES - 1) * HOP_LENGTH
+#: 16 kHz samples from one example's first sample to the next one's.
+EXAMPLE_STEP = EXAMPLE_HOP * HOP_LENGTH
 
 __all__ = [
     "SAMPLE_RATE", "MIN_SAMPLES", "NUM_BANDS", "EXAMPLE_FRAMES",
     "hertz_to_mel", "mel_matrix", "periodic_hann", "to_mono", "resample", "num_frames",
-    "log_mel_spectrogram", "log_mel_examples", "log_mel_examples_padded",
+    "log_mel_spectrogram", "log_mel_examples", "log_mel_examples_padded", "Mono16k", "ExampleStream",
 ]
 
 
@@ -181,3 +191,71 @@ def log_mel_examples(waveform, sample_rate: int, pad_short: bool = False) -> np.
     `log_mel_examples_padded` to also learn whether that happened.
     """
     return log_mel_examples_padded(waveform, sample_rate, pad_short=pad_short)[0]
+
+
+class Mono16k:
+    """`resample(to_mono(piece), sample_rate)` of a signal fed in consecutive pieces.
+
+    Call it on each piece (1-D or `[samples, channels]`, as `to_mono` takes) in order, then
+    `flush()` once: the concatenated outputs equal `resample(to_mono(whole), sample_rate)`."""
+
+    def __init__(self, sample_rate: int):
+        self.sample_rate = int(sample_rate)
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        self._stream = None
+        if self.sample_rate != SAMPLE_RATE:
+            import soxr
+
+            self._stream = soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float64", quality="HQ")
+
+    def __call__(self, piece) -> np.ndarray:
+        x = to_mono(piece)
+        if self._stream is None:
+            return x
+        return np.asarray(self._stream.resample_chunk(np.ascontiguousarray(x)), dtype=np.float64)
+
+    def flush(self) -> np.ndarray:
+        """The resampler's last samples (held back for its filter's delay); empty at 16 kHz."""
+        if self._stream is None:
+            return np.zeros(0, np.float64)
+        return np.asarray(self._stream.resample_chunk(np.zeros(0, np.float64), last=True), dtype=np.float64)
+
+
+class ExampleStream:
+    """`log_mel_examples_padded` of a 16 kHz mono signal fed in consecutive pieces.
+
+    `push(piece)` returns the examples completed by that piece (`[k, 96, 64]` float32, k >= 0);
+    `finish(pad_short)` the last ones and the padded flag. Their concatenation equals
+    `log_mel_examples_padded(whole, 16000, pad_short)`. Memory: one piece plus 15,600 samples."""
+
+    def __init__(self):
+        self._pending = np.zeros(0, np.float64)   # the signal from the next example's first sample on
+        self.count = 0                            # examples returned so far
+        self.samples = 0                          # samples pushed so far
+
+    def push(self, x16k) -> np.ndarray:
+        x = np.asarray(x16k, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"ExampleStream takes a 1-D 16 kHz signal, got shape {x.shape}")
+        self.samples += x.shape[0]
+        pending = np.concatenate([self._pending, x]) if self._pending.size else x
+        k = 0 if pending.shape[0] < MIN_SAMPLES else 1 + (pending.shape[0] - MIN_SAMPLES) // EXAMPLE_STEP
+        if k == 0:
+            self._pending = pending.copy() if pending is x else pending
+            return np.zeros((0, EXAMPLE_FRAMES, NUM_BANDS), np.float32)
+        log_mel = log_mel_spectrogram(pending[: (k - 1) * EXAMPLE_STEP + MIN_SAMPLES])   # exactly k * 96 frames
+        self._pending = pending[k * EXAMPLE_STEP:].copy()   # a copy: the piece itself is not kept alive
+        self.count += k
+        return log_mel.reshape(k, EXAMPLE_FRAMES, NUM_BANDS).astype(np.float32)
+
+    def finish(self, pad_short: bool = True) -> tuple[np.ndarray, bool]:
+        """`(examples, padded)`: with `pad_short`, audio too short for any example (fewer than
+        `MIN_SAMPLES` samples in all) is zero-padded to one example, as the whole-signal function does."""
+        if pad_short and self.count == 0:
+            x = np.concatenate([self._pending, np.zeros(MIN_SAMPLES - self._pending.shape[0], np.float64)])
+            self._pending = np.zeros(0, np.float64)
+            self.count = 1
+            return log_mel_spectrogram(x).reshape(1, EXAMPLE_FRAMES, NUM_BANDS).astype(np.float32), True
+        self._pending = np.zeros(0, np.float64)
+        return np.zeros((0, EXAMPLE_FRAMES, NUM_BANDS), np.float32), False

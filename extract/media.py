@@ -33,6 +33,7 @@ import re
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -325,18 +326,78 @@ def decode_frames(path: str | os.PathLike, geometry_filter: str | Sequence[Filte
     return DecodedFrames(frames, beyond) if count_from is not None else frames
 
 
+class _WaitedPipe(_FFmpegPipe):
+    """An FFmpeg pipe whose time limit counts only the time spent waiting for FFmpeg's output.
+
+    A reader that works on each piece before asking for the next (the audio stage computing
+    log-mels while FFmpeg waits on a full pipe) is not charged for its own work: the limit
+    still catches a hung FFmpeg, whatever the length of the file."""
+
+    def __init__(self, cmd: Sequence[str], timeout: float):
+        super().__init__(cmd, timeout)
+        self._timer.cancel()   # replaced by one timer per `fill`, for what is left of the limit
+        self.waited = 0.0
+
+    def fill(self, buf) -> int:
+        """Read into the writable buffer `buf` until it is full; the bytes read (fewer at the end
+        of the stream, or when the time limit ran out and FFmpeg was killed)."""
+        timer = threading.Timer(max(0.0, self.timeout - self.waited), self._kill)
+        timer.daemon = True
+        started = time.monotonic()
+        timer.start()
+        try:
+            return self.proc.stdout.readinto(buf) or 0   # a buffered reader: loops until full or the end
+        finally:
+            timer.cancel()
+            self.waited += time.monotonic() - started
+
+
+#: Seconds of audio per piece of `audio_chunks` by default (a micro-video is one piece) ...
+AUDIO_CHUNK_SECONDS = 60.0
+#: ... and at most this many bytes of decoded float32 samples (many channels at a high rate).
+AUDIO_CHUNK_BYTES = 64 << 20
+
+
+def audio_chunks(path: str | os.PathLike, channels: int, sample_rate: int, start: float | None = None,
+                 end: float | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 chunk_samples: int | None = None) -> Iterator[np.ndarray]:
+    """The first audio stream in consecutive float32 `[<= chunk_samples, channels]` pieces.
+
+    What `decode_audio` returns, read from FFmpeg's pipe a piece at a time, so memory does not
+    grow with the file's length (default piece: `AUDIO_CHUNK_SECONDS` of audio, at most
+    `AUDIO_CHUNK_BYTES`). `timeout` counts the seconds spent waiting for FFmpeg, not those the
+    caller spends on each piece. Raises `MediaError` when FFmpeg fails before giving any
+    sample, `DecodeTimeout` (after the pieces read so far) when it was killed for taking too long."""
+    channels = int(channels)
+    if chunk_samples is None:
+        chunk_samples = max(1, min(int(AUDIO_CHUNK_SECONDS * sample_rate), AUDIO_CHUNK_BYTES // (4 * channels)))
+    if chunk_samples < 1:
+        raise ValueError(f"chunk_samples must be at least 1, got {chunk_samples}")
+    cmd = audio_command(path, channels, sample_rate, start, end)
+    got_any = False
+    with _WaitedPipe(cmd, timeout) as pipe:
+        full = True
+        while full:
+            # not zeroed: the pages a short file never fills are never touched
+            piece = np.empty((chunk_samples, channels), np.float32)
+            with memoryview(piece).cast("B") as view:
+                read = pipe.fill(view)
+            full, n = read == piece.nbytes, read // (4 * channels)   # a trailing partial sample is dropped
+            if n:
+                got_any = True
+                yield piece[:n]
+        pipe.close(f"decoding audio of {path}")
+        if pipe.proc.returncode != 0 and not got_any:
+            raise MediaError(f"audio could not be decoded ({pipe.error}): {path}")
+
+
 def decode_audio(path: str | os.PathLike, channels: int, sample_rate: int, start: float | None = None,
                  end: float | None = None, timeout: float = DEFAULT_TIMEOUT) -> np.ndarray:
     """The first audio stream as float32 `[samples, channels]` (pass the probed rate and channels).
 
     Channels are kept as they are; mixing to mono is the front end's job (mean of channels,
-    as the published VGGish front end does).
+    as the published VGGish front end does). The whole track in memory: for long files, read
+    it with `audio_chunks`.
     """
-    cmd = audio_command(path, channels, sample_rate, start, end)
-    with _FFmpegPipe(cmd, timeout) as pipe:
-        raw = pipe.read_all()
-        pipe.close(f"decoding audio of {path}")
-        if pipe.proc.returncode != 0 and not raw:
-            raise MediaError(f"audio could not be decoded ({pipe.error}): {path}")
-    samples = np.frombuffer(raw[: len(raw) - len(raw) % (4 * channels)], np.float32).reshape(-1, channels)
-    return samples
+    pieces = list(audio_chunks(path, channels, sample_rate, start, end, timeout))
+    return np.concatenate(pieces) if pieces else np.zeros((0, int(channels)), np.float32)
