@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from extract import audio, durable, flow, frames, manifest, media, stage
-from extract.manifest import Video
 from extract.layout import file_key
+from extract.manifest import Video
 from tests import videos as tv
 
 T, S = 8, 32
