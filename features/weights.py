@@ -5,8 +5,8 @@
     python -m features.weights --out weights --only r2plus1d clip   # backbones outside `make features`
     python -m features.weights --out weights --all           # every registered checkpoint
 
-The files, their URLs, aliases and strict loaders are declared with the networks in
-`features.modalities` (`WeightFile`); the default set is that of the modalities `make features`
+The files, their URLs, aliases and strict loaders are declared with the networks in the
+registry (`features.modalities.WeightFile`, in the entries of `features/zoo/`); the default set is that of the modalities `make features`
 runs: rgb_imagenet.pt (rgb), flow_imagenet.pt (flow), vggish-10086976.pth (audio),
 vggish_pca_params-970ea276.pth (pca), resnet18-f37072fd.pth (rgb2d). The backbones outside
 `make features` are fetched by name (`make weights NAMES="r2plus1d s3d clip wav2vec2 hubert"`):
