@@ -134,7 +134,7 @@ def test_registration_reaches_the_command_line_and_the_derived_tables(toys):
 
 def test_a_modality_is_declared_by_keyword_only_and_checked():
     with pytest.raises(TypeError):
-        Modality("toy_c", "toy", NpySource("toy_c"))  # noqa: the fields are keyword-only
+        Modality("toy_c", "toy", NpySource("toy_c"))  # positional arguments: refused, the fields are keyword-only
     toy = _toy("toy_c")
     for bad, match in ((dataclasses.replace(toy, name="../x"), "modality name"),
                        (dataclasses.replace(toy, batch={"cpu": 1}), "batch needs a value"),
