@@ -5,7 +5,8 @@
     seqs = bb.embed([x1, x2, ...])     # -> [np.ndarray float32 [L_i, bb.dim], ...], one per video
 
 What each modality reads, which network and checkpoint it uses and what it caches is declared
-once, in `features.modalities` (`python -m features.modalities --markdown` prints the table).
+once, in its registry entry (`features.modalities`; the built-ins in `features/zoo/`, others from
+plugins; `python -m features.modalities --markdown` prints the table).
 This module is the same for all of them.
 
 Batching: `embed` takes any number of videos of any lengths. With the "clips" layout (I3D)

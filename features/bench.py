@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from extract import audio, flow, frames, sample
+from extract import audio, cli, flow, frames, sample, stage
 from extract.clip import ClipSettings
 from extract.layout import Work
 from extract.manifest import read_manifest, write_manifest
@@ -119,7 +119,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m features.bench", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m features.bench", __doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--num-frames", type=int, default=ClipSettings.num_frames)
     parser.add_argument("--size", type=int, default=ClipSettings.size)
@@ -131,6 +131,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sample", default="data/sample", help="sample dataset folder (generated when missing)")
     parser.add_argument("--out", default="work/bench-features")
     args = parser.parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = modalities.names() if args.all else args.modalities
     result = run(args.videos, args.num_frames, args.size, out, Path(args.sample), args.flow_backend, args.captions,

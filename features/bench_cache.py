@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from extract import cli
 from features import cache
 
 # modality: (feature size, min length, max length, fraction of videos without it)
@@ -142,7 +143,7 @@ def _cache_matches(work: Path, n: int) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m features.bench_cache", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m features.bench_cache", __doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=31761)
     parser.add_argument("--out", default="work/bench-cache", help="folder for the synthetic cache and the JSON")
     parser.add_argument("--cold", action="store_true", help="drop each file from the page cache before loading it")
@@ -150,6 +151,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clean", action="store_true", help="delete the synthetic cache afterwards")
     parser.add_argument("--_load", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args._load:
         print(json.dumps(_load_once(str(out), args._load, args.cold)))

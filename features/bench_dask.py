@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from extract import audio, flow, frames, sample, stage
+from extract import audio, cli, flow, frames, sample, stage
 from extract.clip import ClipSettings
 from extract.layout import Work
 from extract.manifest import read_manifest, write_manifest
@@ -134,7 +134,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m features.bench_dask", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m features.bench_dask", __doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--num-frames", type=int, default=ClipSettings.num_frames)
     parser.add_argument("--size", type=int, default=ClipSettings.size)
@@ -142,6 +142,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sample", default="data/sample", help="sample dataset folder (generated when missing)")
     parser.add_argument("--out", default="work/bench-dask")
     args = parser.parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run(args.videos, args.num_frames, args.size, args.repeats, out, Path(args.sample))

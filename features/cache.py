@@ -1,25 +1,33 @@
 """The feature cache: per-video shards while extracting, one HDF5 file per modality after.
 
-Layout under a work folder W (nothing is ever written outside `W/features/`):
+Layout under a work folder W (paths from `extract.layout.Work`; nothing is ever written outside
+`W/features/`):
 
-    W/features/<modality>.shards/attrs.json          settings the shards were made with
-    W/features/<modality>.shards/<name>.npy          one video's sequence, float32 [L, D]
-    W/features/<modality>.shards/<name>.source.json  the input that sequence was made from (provenance)
-    W/features/<modality>.shards/<name>.missing.json {"id": ..., "reason": ...}: no such modality
+    W/features/<modality>.shards/attrs.json          settings the shards were made with, and "format"
+    W/features/<modality>.shards/<key>.npy           one video's sequence, float32 [L, D]
+    W/features/<modality>.shards/<key>.source.json   the input that sequence was made from (provenance)
+    W/features/<modality>.shards/<key>.missing.json  {"id": ..., "reason": ...}: no such modality
     W/features/<modality>.h5                         the consolidated cache that `load` reads
 
-`<name>` is a slug of the video id (ASCII letters, digits, `._-`, at most 48 characters) plus
-16 hex digits of the id's SHA-256, so ids with spaces, slashes, `../` or non-ASCII characters
-all map to plain file names inside the shard folder, and two ids never share a name.
+`<key>` is `extract.layout.file_key(id)`, the name the stage outputs of that video have too, so
+ids with spaces, slashes, `../` or non-ASCII characters all map to plain file names inside the
+shard folder, and two ids never share a name.
+
+Formats. Shards are of `FORMAT` 2 (recorded in attrs.json). A shard folder of format 1 (an older
+version's, whose file names came from another id-to-name function) is never read: the writer
+says so in one log line, removes the folder (this tool made it; the shards are redone) and
+starts a fresh one. A consolidated .h5 of format 1 is still read as it is (its ids are stored
+inside it; the layout is the same), and is rewritten as format 2 the next time its modality is
+consolidated.
 
 Crash safety. Every shard, marker, attrs.json and .h5 file is written under a temporary name
-(`.tmp-<pid>-...`) in the same folder, flushed and fsync'ed, and `os.replace`d into place
+(`.tmp-<pid>-...`) in the same folder, flushed and fsync'ed, and renamed into place
 (`extract.durable`), so a process killed at any point (SIGKILL included) leaves either the old
 state or the new one, never a truncated file; after attrs.json and the .h5 file the folder is
 fsync'ed too, so a power loss cannot leave an empty or vanished cache file under its name.
 Temporary files of dead processes are removed by the next `ShardWriter` or `consolidate`.
 
-The consolidated file (`FORMAT` 1):
+The consolidated file:
 
     data             float32 [sum(lengths), D]  the present videos' sequences one after another
     offsets          int64   [n + 1]            video i is data[offsets[i]:offsets[i + 1]]
@@ -39,11 +47,14 @@ rgb2d `[79, 512]`. Peak memory is that array plus one read block (`BLOCK_BYTES`)
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -51,9 +62,12 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from extract import claims, durable
-from extract.durable import pid_alive  # noqa: F401  (classify.runs and older callers import it from here)
+from extract.layout import as_work, file_key
 
-FORMAT = 1
+log = logging.getLogger(__name__)
+
+FORMAT = 2                # of the shards (attrs.json) and of the .h5 files written now
+READABLE_FORMATS = (1, 2)  # of the .h5 files `load` reads
 BLOCK_BYTES = 64 << 20
 # Settings keys that describe the run rather than the features: a difference in them does not
 # make cached shards stale (a new package version or another device can resume an extraction).
@@ -94,24 +108,14 @@ def _check_modality(modality: str) -> str:
     return modality
 
 
-def features_dir(work: str | os.PathLike) -> Path:
-    return Path(work) / "features"
-
-
 def cache_path(work: str | os.PathLike, modality: str) -> Path:
-    """`W/features/<modality>.h5`."""
-    return features_dir(work) / f"{_check_modality(modality)}.h5"
+    """`W/features/<modality>.h5` (`Work.cache`), for a valid modality name."""
+    return as_work(work).cache(_check_modality(modality))
 
 
 def shard_dir(work: str | os.PathLike, modality: str) -> Path:
-    return features_dir(work) / f"{_check_modality(modality)}.shards"
-
-
-def shard_name(video_id: str) -> str:
-    """A file name (without extension) for any id: slug plus 16 hex digits of its SHA-256."""
-    digest = hashlib.sha256(video_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id)[:48].strip("._-")
-    return f"{slug}-{digest}" if slug else digest
+    """`W/features/<modality>.shards/` (`Work.shards`), for a valid modality name."""
+    return as_work(work).shards(_check_modality(modality))
 
 
 def shard_files(folder: str | os.PathLike) -> list[Path]:
@@ -132,28 +136,71 @@ def _normalise(attrs: dict) -> dict:
         raise TypeError(f"cache settings must be JSON values (str, number, bool, list, dict): {exc}") from None
 
 
-def _remove_dead_temps(folder: Path) -> int:
-    """Remove `.tmp-<pid>-...` files left by processes that no longer run."""
-    return durable.remove_dead_temps(folder)
-
-
-def _tmp_path(target: Path) -> Path:
-    return durable.temp_path(target)
-
-
-def _atomic_write_bytes(target: Path, data: bytes, sync_dir: bool = True) -> None:
+def _atomic_write_json(target: Path, obj, sync_dir: bool = True) -> None:
+    data = (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
     durable.atomic_write_bytes(target, data, sync_dir=sync_dir)
 
 
-def _atomic_write_json(target: Path, obj, sync_dir: bool = True) -> None:
-    _atomic_write_bytes(target, (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"),
-                        sync_dir=sync_dir)
+def _with_format(attrs: dict) -> dict:
+    """What attrs.json holds: the settings and the shard format."""
+    return {**attrs, "format": FORMAT}
 
 
 def _diff(old: dict, new: dict) -> list[str]:
     keys = sorted((set(old) | set(new)) - INFORMATIONAL_ATTRS)
     return [f"{k}: {old.get(k, '(unset)')!r} in the cache, {new.get(k, '(unset)')!r} now"
             for k in keys if old.get(k) != new.get(k)]
+
+
+def _read_attrs(folder: Path) -> dict | None:
+    try:
+        found = json.loads((folder / "attrs.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _retire_old_format(folder: Path, modality: str, wait: float = 10.0) -> None:
+    """Remove a shard folder of an older format (one log line); refuse one of a newer format.
+
+    Its shards are named by another function than `file_key`, so reading them would miss every
+    one: the videos are extracted again. The folder goes only while no run holds it (an
+    exclusive `flock` of its lock file, as `extract.claims.claim_settings` takes); it is renamed
+    to a temporary name first, so a run killed while deleting it leaves a dead process's
+    temporary that the next run removes."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = _read_attrs(folder)
+        if found is None or found.get("format", 1) == FORMAT:
+            return  # nothing there, unreadable (the claim says so), or current
+        fmt = found.get("format", 1)
+        if not isinstance(fmt, int) or fmt > FORMAT:
+            raise CacheError(f"{folder} holds {modality} shards of cache format {fmt!r}, newer than this "
+                             f"version's ({FORMAT}): upgrade the toolkit, or delete {folder} to extract again")
+        try:
+            fd = os.open(folder / claims.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # another run of this version retired it meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CacheSettingsError(f"{folder} holds {modality} shards of cache format {fmt} and another "
+                                             f"run is using it; let that run finish, then run again") from None
+                time.sleep(0.1)
+                continue
+            if _read_attrs(folder) != found:
+                continue  # changed while we waited for the lock: look again
+            shards = len(shard_files(folder))
+            log.warning("features %s: %s holds %d shard(s) of cache format %d (an older version's file names), "
+                        "which this version does not read: removed; those videos are extracted again",
+                        modality, folder, shards, fmt)
+            aside = durable.publish(folder, durable.temp_path(folder))
+            shutil.rmtree(aside, ignore_errors=True)
+            return
+        finally:
+            os.close(fd)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -180,26 +227,30 @@ class ShardWriter:
         self.work = Path(work)
         self.modality = _check_modality(modality)
         self.dir = shard_dir(work, modality)
-        self.attrs = _normalise(attrs)
+        self.attrs = _normalise(attrs)  # the settings; attrs.json adds the shard format
+        if "format" in self.attrs:
+            raise ValueError("cache settings: 'format' is the cache's own key")
         self._claim = contextlib.ExitStack()
         self.joined = not claim
         if self.joined:
             return
+        _retire_old_format(self.dir, self.modality)
         self.dir.mkdir(parents=True, exist_ok=True)
+        wanted = _with_format(self.attrs)
         try:
             claim = self._claim.enter_context(claims.claim_settings(
-                self.dir, self.attrs, f"{self.modality} feature settings", settings_file="attrs.json",
+                self.dir, wanted, f"{self.modality} feature settings", settings_file="attrs.json",
                 ignore=tuple(INFORMATIONAL_ATTRS)))
         except claims.SettingsMismatch:
-            attrs_file = self.dir / "attrs.json"
-            old = json.loads(attrs_file.read_text(encoding="utf-8")) if attrs_file.is_file() else {}
+            old = _read_attrs(self.dir) or {}
             raise CacheSettingsError(
                 f"{self.dir} holds {self.modality} features made (or being made by another run) with other "
-                f"settings: " + "; ".join(_diff(old, self.attrs))
+                f"settings: " + "; ".join(_diff(old, wanted))
                 + f". Either run again with the cached settings, or delete {self.dir} "
                 f"(and {cache_path(work, modality)}) to extract {self.modality} again with the new ones.") from None
-        self.attrs = claim.settings  # informational keys may differ: the shards keep their record
-        _remove_dead_temps(self.dir)
+        # informational keys may differ: the shards keep their record
+        self.attrs = {k: v for k, v in claim.settings.items() if k != "format"}
+        durable.remove_dead_temps(self.dir)
 
     def close(self) -> None:
         """Let go of the folder's claim."""
@@ -214,7 +265,7 @@ class ShardWriter:
     def _paths(self, video_id: str) -> tuple[Path, Path]:
         if not isinstance(video_id, str) or not video_id:
             raise ValueError(f"video id must be a non-empty string, got {video_id!r}")
-        name = shard_name(video_id)
+        name = file_key(video_id)
         return self.dir / f"{name}.npy", self.dir / f"{name}.missing.json"
 
     def has_shard(self, video_id: str) -> bool:
@@ -241,7 +292,7 @@ class ShardWriter:
             record.unlink(missing_ok=True)  # never a record describing another shard than the one on disk
             durable.atomic_write(shard, lambda f: np.save(f, seq, allow_pickle=False))
             if source is not None:
-                _atomic_write_bytes(record, json.dumps(source, sort_keys=True).encode("utf-8"), sync_dir=False)
+                durable.atomic_write_bytes(record, json.dumps(source, sort_keys=True).encode("utf-8"))
             marker.unlink(missing_ok=True)
 
     def _publishing(self):
@@ -249,7 +300,8 @@ class ShardWriter:
         writer holds the claim itself."""
         if not self.joined:
             return contextlib.nullcontext()
-        return claims.hold_claim(self.dir, self.attrs, settings_file="attrs.json", ignore=tuple(INFORMATIONAL_ATTRS))
+        return claims.hold_claim(self.dir, _with_format(self.attrs), settings_file="attrs.json",
+                                 ignore=tuple(INFORMATIONAL_ATTRS))
 
     @staticmethod
     def _record_path(shard: Path) -> Path:
@@ -279,8 +331,8 @@ class ShardWriter:
         """
         if self.joined:
             raise CacheError("consolidate: only the run that claims the shard folder consolidates it")
-        _remove_dead_temps(self.dir)
-        _remove_dead_temps(self.dir.parent)
+        durable.remove_dead_temps(self.dir)
+        durable.remove_dead_temps(self.dir.parent)
         ids = list(ids)
         if len(set(ids)) != len(ids):
             raise ValueError("consolidate: duplicate ids")
@@ -349,7 +401,7 @@ def write_consolidated(target: Path, ids: list[str], lengths: np.ndarray, dim: i
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
     attrs = _normalise(attrs)
-    tmp = _tmp_path(target)
+    tmp = durable.temp_path(target)
     string = h5py.string_dtype("utf-8")
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
@@ -402,10 +454,11 @@ def _open(work, modality):
                 if shard_dir(work, modality).is_dir() else "run the feature stage (make features) first")
         raise CacheMissingError(f"no {modality} feature cache at {path}: {hint}")
     f = h5py.File(path, "r")
-    if int(f.attrs.get("format", -1)) != FORMAT:
+    if int(f.attrs.get("format", -1)) not in READABLE_FORMATS:
+        found = f.attrs.get("format")
         f.close()
-        raise CacheError(f"{path} has cache format {f.attrs.get('format')!r}, this version reads {FORMAT}; "
-                         "delete it and run the feature stage again")
+        raise CacheError(f"{path} has cache format {found}, this version reads "
+                         f"{', '.join(map(str, READABLE_FORMATS))}; delete it and run the feature stage again")
     return f
 
 

@@ -8,7 +8,7 @@ Why it is built this way:
 * **The client plans, claims and consolidates.** It asks one worker for the cache's settings
   (that worker loads the backbone, so the checkpoint's SHA-256 and the device are the workers'
   own), claims `W/features/<modality>.shards/` with them (`cache.ShardWriter`, held until the
-  run ends), works out which videos are missing or stale (`features.extract._plan`, the same as
+  run ends), works out which videos are missing or stale (`features.pipeline.plan`, the same as
   a local run), sends those in batches of `--task-videos` videos, and writes the `.h5` at the end.
 * **Workers keep their backbone.** A backbone costs seconds to build and, on a GPU, its memory;
   each worker process loads it once, on its first batch, and keeps it for the next batches and
@@ -44,7 +44,7 @@ from typing import Sequence
 
 from extract import cluster
 from extract.manifest import Video
-from features import backbones, cache, modalities
+from features import backbones, cache, modalities, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +110,16 @@ def worker_backbone(key: BackboneKey) -> backbones.Backbone:
 
 def _attributes_task(key: BackboneKey, work: Path) -> dict:
     """Worker side: the cache settings of this backbone on this worker (and the backbone, kept)."""
-    from features.extract import cache_attributes
-
-    return cache_attributes(modalities.get(key.modality), worker_backbone(key), work, dict(key.options))
+    return pipeline.cache_attributes(modalities.get(key.modality), worker_backbone(key), work, dict(key.options))
 
 
 def _batch_task(key: BackboneKey, work: Path, attrs: dict, videos: Sequence[Video], sources: dict,
                 videos_per_call: int | None) -> dict:
     """Worker side: embed one batch of videos into shards, published under the client's claim."""
-    from features.extract import _embed, empty_counts
-
     backbone = worker_backbone(key)
     writer = cache.ShardWriter(work, key.modality, attrs, claim=False)
-    counts = empty_counts()
-    _embed(modalities.get(key.modality), backbone, writer, videos, sources, counts, work, dict(key.options),
+    counts = pipeline.empty_counts()
+    pipeline.embed(modalities.get(key.modality), backbone, writer, videos, sources, counts, work, dict(key.options),
            loaders=0, videos_per_call=videos_per_call, progress=False)
     return counts
 
@@ -140,8 +136,6 @@ def extract_on_dask(key: BackboneKey, videos: Sequence[Video], work: Path, sched
     from distributed.scheduler import KilledWorker
     from tqdm import tqdm
 
-    from features.extract import _plan
-
     started = time.perf_counter()
     spec = modalities.get(key.modality)
     options = dict(key.options)
@@ -149,7 +143,7 @@ def extract_on_dask(key: BackboneKey, videos: Sequence[Video], work: Path, sched
     with cluster.dask_client(scheduler, jobs, gpus_per_task) as client:
         attrs = client.submit(_attributes_task, key, work, pure=False, resources=resources).result()
         with cache.ShardWriter(work, key.modality, attrs) as writer:
-            counts, todo, sources = _plan(spec, writer, videos, work, options)
+            counts, todo, sources = pipeline.plan(spec, writer, videos, work, options)
             kind = "cuda" if str(attrs.get("device", "cpu")).startswith("cuda") else "cpu"
             size = max(1, int(task_videos or max(DEFAULT_TASK_VIDEOS, spec.videos_per_call[kind])))
             batches = [todo[a:a + size] for a in range(0, len(todo), size)]

@@ -4,11 +4,13 @@
 `python -m features.extract --list` (every registered modality, its weights and whether present)
 
 What each modality reads (a stage's outputs or a manifest column), its backbone and what it
-caches is declared in `features.modalities`; this driver is the same for all of them, and so are
+caches comes from the registry (`features.modalities`: the built-ins of `features.zoo`, and those
+of installed plugins); this driver is the same for all of them, and so are
 its options (`--pca`, `--text-model`, `--caption-emoji`, ... come from the registry).
 
 Videos are written as shards as they finish and consolidated into `W/features/<modality>.h5`
-at the end (features/cache.py), so a killed run resumes where it stopped. A video without the
+at the end (features/cache.py), so a killed run resumes where it stopped; which videos to do and
+how they are embedded is `features.pipeline`, the same for both backends. A video without the
 modality (no audio stream, no caption, failed upstream, not extracted) is recorded as missing
 with its reason, never zero-filled. Loading and preprocessing run in DataLoader worker processes
 (`--loaders`) so they overlap the network.
@@ -25,7 +27,6 @@ start (no weights, a bad checkpoint, a settings clash, a bad manifest, a crash),
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import sys
 import time
@@ -38,58 +39,12 @@ import torch
 from extract import cli, cluster, records
 from extract.manifest import Video, read_manifest
 from features import backbones, cache, distributed, modalities
-from features.modalities import Missing, Modality
+from features.pipeline import cache_attributes, embed, plan
+from features.pipeline import package_version  # noqa: F401  (classify.export reads it from here)
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "dask")
-
-
-class _Inputs(torch.utils.data.Dataset):
-    """One video's input -> model input, in a loader worker; problems come back as text.
-
-    Each item is (id, prepared input or None, None | Missing | failure text)."""
-
-    def __init__(self, work: Path, modality: str, videos: Sequence[Video], options: dict):
-        self.work, self.modality, self.videos, self.options = work, modality, list(videos), options
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, i: int):
-        video = self.videos[i]
-        spec = modalities.get(self.modality)
-        try:
-            loaded = spec.source.load(self.work, video, self.options)
-            if isinstance(loaded, Missing):
-                return video.id, None, loaded
-            if isinstance(loaded, np.ndarray) and loaded.dtype.kind == "f" and not np.isfinite(loaded).all():
-                raise ValueError(f"its {spec.source.name} output holds NaN or infinite values")
-            return video.id, spec.prepare(loaded), None
-        except Exception as exc:  # one unreadable input is that video's failure, recorded by the driver
-            return video.id, None, f"{type(exc).__name__}: {exc}".replace("\n", " ")
-
-
-def _first(batch):
-    return batch
-
-
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("dmver-bench")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def cache_attributes(spec: Modality, backbone: backbones.Backbone, work: Path, options: dict) -> dict:
-    """What the cache records: the backbone's provenance, the input's settings, the version."""
-    weights = "random" if backbone.checkpoint == "random" else "pretrained"
-    return {**backbone.info(), "backbone": type(backbone.model).__name__, "weights": weights,
-            **spec.source.settings(work, options), "options": options, "package_version": package_version()}
-
-
-def empty_counts() -> dict:
-    return {"done": 0, "skipped": 0, "redone": 0, "missing": 0, "failed": 0}
 
 
 def extract_features(modality: str, videos: Sequence[Video], work: str | Path, weights: str = "weights",
@@ -120,89 +75,12 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
         backbone = backbones.load_backbone(modality, weights=weights, device=device, seed=seed,
                                            batch_size=batch_size, **options)
     with cache.ShardWriter(work, modality, cache_attributes(spec, backbone, work, options)) as writer:
-        counts, todo, sources = _plan(spec, writer, videos, work, options)
-        _embed(spec, backbone, writer, todo, sources, counts, work, options, loaders, videos_per_call, progress)
+        counts, todo, sources = plan(spec, writer, videos, work, options)
+        embed(spec, backbone, writer, todo, sources, counts, work, options, loaders, videos_per_call, progress)
         path = writer.consolidate([v.id for v in videos])
     weights_kind = "random" if backbone.checkpoint == "random" else "pretrained"
     return {**counts, "total": len(videos), "seconds": time.perf_counter() - started, "path": str(path),
             "weights": weights_kind, "device": str(backbone.device)}
-
-
-def _plan(spec: Modality, writer: cache.ShardWriter, videos: Sequence[Video], work: Path, options: dict):
-    """Which videos to embed: not done yet, or done from an input that has changed since (redone).
-
-    A video whose input is absent is recorded as missing with the reason (failed upstream, not
-    extracted); one whose stage output no longer fits its manifest row (its video changed, the
-    stage was not run again) is a failure that names the stage to run."""
-    failed_upstream: dict[str, str] = {}
-    for name in spec.source.stages:
-        for vid, reason in records.read_failures(work, name).items():
-            failed_upstream.setdefault(vid, f"failed in {name}: {reason}")
-    counts = empty_counts()
-    todo, sources = [], {}
-    for v in videos:
-        if not spec.source.available(work, v):
-            if writer.has_shard(v.id) and v.id not in failed_upstream:
-                counts["skipped"] += 1  # input deleted after extraction (to save disk): the features stay
-            else:
-                writer.missing(v.id, failed_upstream.get(
-                    v.id, f"not extracted: no {spec.source.name} output (run the {spec.source.name} stage)"))
-                counts["missing"] += 1
-            continue
-        stale = spec.source.stale(work, v)
-        if stale:
-            writer.missing(v.id, f"failed in features: the {spec.source.name} output is stale ({stale}); "
-                                 f"run the {spec.source.name} stage again")
-            counts["failed"] += 1
-            log.warning("features %s: %r has a stale %s output (%s)", spec.name, v.id, spec.source.name, stale)
-            continue
-        sources[v.id] = spec.source.provenance(work, v, options)
-        if writer.has_shard(v.id):
-            recorded = writer.source_record(v.id)
-            if recorded is None or recorded == sources[v.id]:
-                counts["skipped"] += 1
-                continue
-            counts["redone"] += 1
-            log.info("features %s: %r redone, its input changed", spec.name, v.id)
-        todo.append(v)
-    return counts, todo, sources
-
-
-def _embed(spec: Modality, backbone: backbones.Backbone, writer: cache.ShardWriter, todo: Sequence[Video],
-           sources: dict, counts: dict, work: Path, options: dict, loaders: int, videos_per_call: int | None,
-           progress: bool | None) -> None:
-    """Load, prepare and embed `todo`, writing one shard or missing-marker per video."""
-    modality = spec.name
-    per_call = max(1, int(videos_per_call or backbone.videos_per_call))
-    loader = torch.utils.data.DataLoader(_Inputs(work, modality, todo, options), batch_size=per_call,
-                                         collate_fn=_first, num_workers=loaders,
-                                         prefetch_factor=4 if loaders else None)
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(todo), desc=f"features {modality}", unit="video", disable=not show, file=sys.stderr)
-    for items in loader:
-        ready = [(vid, x) for vid, x, _ in items if x is not None]
-        for vid, _, problem in items:
-            if isinstance(problem, Missing):
-                writer.missing(vid, problem.reason)
-                counts["missing"] += 1
-            elif problem:
-                writer.missing(vid, f"failed in features: {problem}")
-                counts["failed"] += 1
-                log.warning("features %s failed on %r: %s", modality, vid, problem)
-        if ready:
-            for (vid, _), seq in zip(ready, backbone.embed([x for _, x in ready])):
-                try:
-                    writer.write(vid, seq, source=sources.get(vid))
-                except ValueError as exc:  # e.g. a non-finite embedding: that one video's failure
-                    writer.missing(vid, f"failed in features: {exc}")
-                    counts["failed"] += 1
-                    log.warning("features %s failed on %r: %s", modality, vid, exc)
-                    continue
-                counts["done"] += 1
-        bar.update(len(items))
-    bar.close()
 
 
 def summary_line(modality: str, s: dict) -> str:
@@ -242,9 +120,8 @@ def _option_flag(opt: modalities.Option) -> str:
     return "--" + opt.name.replace("_", "-")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m features.extract", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    parser = cli.parser("python -m features.extract", __doc__.split("\n\n")[0])
     parser.add_argument("--modality", help="one of: " + ", ".join(modalities.names()))
     parser.add_argument("--manifest")
     parser.add_argument("--work")
@@ -273,32 +150,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.add_argument(_option_flag(opt), dest=opt.name, action="store_true", help=opt.help)
         else:
             parser.add_argument(_option_flag(opt), dest=opt.name, default=opt.default, choices=opt.choices, help=opt.help)
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    if args.list:
-        print(listing(args.weights))
-        return cli.EXIT_OK
-    if args.names:
-        print(" ".join(modalities.names(default_only=True)))
-        return cli.EXIT_OK
-    missing = [f"--{a}" for a in ("modality", "manifest", "work") if not getattr(args, a)]
-    if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)}")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    return parser
+
+
+def _main(args: argparse.Namespace) -> int:
+    modalities.get(args.modality)
     options = {opt.name: getattr(args, opt.name) for opt in modalities.all_options()}
-    try:
-        modalities.get(args.modality)
-        videos = read_manifest(args.manifest)
-        s = extract_features(args.modality, videos, args.work, weights=args.weights, device=args.device,
-                             batch_size=args.batch_size, loaders=args.loaders, seed=args.seed,
-                             videos_per_call=args.videos_per_call, backend=args.backend, scheduler=args.scheduler,
-                             jobs=args.jobs, gpus_per_task=args.gpus_per_task, task_videos=args.task_videos, **options)
-    except Exception as exc:  # no weights, a bad checkpoint, a settings clash, a crash: the run failed, exit 2
-        return cli.run_failed(exc, args.verbose)
+    videos = read_manifest(args.manifest)
+    s = extract_features(args.modality, videos, args.work, weights=args.weights, device=args.device,
+                         batch_size=args.batch_size, loaders=args.loaders, seed=args.seed,
+                         videos_per_call=args.videos_per_call, backend=args.backend, scheduler=args.scheduler,
+                         jobs=args.jobs, gpus_per_task=args.gpus_per_task, task_videos=args.task_videos, **options)
     if s["weights"] == "random":
         print(cache.random_weights_banner(args.work, [args.modality]) or "", file=sys.stderr)
     print(summary_line(args.modality, s))
     return cli.EXIT_SOME_FAILED if s["failed"] else cli.EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        return cli.run(lambda: print(listing(args.weights)), verbose=args.verbose)
+    if args.names:
+        return cli.run(lambda: print(" ".join(modalities.names(default_only=True))), verbose=args.verbose)
+    missing = [f"--{a}" for a in ("modality", "manifest", "work") if not getattr(args, a)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    # no weights, a bad checkpoint, a settings clash, a crash: one `error:` line, exit 2
+    return cli.run(lambda: _main(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

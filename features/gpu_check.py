@@ -53,7 +53,7 @@ FLOW_BOUND = flow.FlowSettings.bound
 COMPARE_VIDEOS, TIMED_VIDEOS = 2, 16
 
 
-class NoCuda(RuntimeError):
+class NoCuda(cli.UserError):
     """The check needs a CUDA device."""
 
 
@@ -145,20 +145,10 @@ def flow_check(first: np.ndarray, second: np.ndarray, device: str, batches: Sequ
 # ----------------------------------------------------------------------------- 2. backbones
 
 
-def backbone_inputs(modality: str, videos: int, frames_: int = ClipSettings.num_frames, size: int = ClipSettings.size,
-                    examples: int = 15, seed: int = 0) -> list:
-    """Seeded inputs of `videos` videos in the model's input range (what `features.inputs` makes)."""
-    gen = torch.Generator().manual_seed(seed)
-    if modality in ("rgb", "flow"):
-        channels = 3 if modality == "rgb" else 2
-        return [torch.rand(channels, frames_, size, size, generator=gen) * 2 - 1 for _ in range(videos)]
-    if modality == "rgb2d":
-        return [torch.randn(frames_, 3, size, size, generator=gen) for _ in range(videos)]
-    if modality == "audio":
-        return [torch.randn(examples, 1, 96, 64, generator=gen) * 2 - 4 for _ in range(videos)]
-    if modality == "text":
-        return [[p.text or "a quiet day"] for p in sample.plan_dataset(max(15, videos), seed=seed)[:videos]]
-    raise ValueError(f"no test input for modality {modality!r}")
+def backbone_inputs(modality: str, videos: int, frames_: int = ClipSettings.num_frames, size: int = ClipSettings.size, seed: int = 0) -> list:
+    """Seeded inputs of `videos` videos in the model's input range: the registry's example of
+    the modality (`Modality.example`), clips of `frames_` frames of `size` px where it applies."""
+    return modalities.get(modality).example(videos, frames_, size, seed)
 
 
 def _rate(backbone: backbones.Backbone, items: list) -> float:
@@ -326,8 +316,28 @@ def write_report(report: dict, out: Path) -> None:
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
 
 
+def _main(args: argparse.Namespace) -> int:
+    require_cuda(args.device)
+    if args.manifest:
+        source = Path(args.manifest)
+    else:
+        if not (Path(args.sample) / "manifest.csv").is_file():
+            sample.main(["--out", args.sample])
+        source = Path(args.sample) / "manifest.csv"
+    out = Path(args.out)
+    chosen = read_manifest(source)[: args.videos]
+    manifest = write_manifest(out / "manifest.csv", chosen)
+    shape = {} if torch.device(args.device).type == "cuda" else {"frames_": 8, "size": 32}
+    report = run_checks(args.device, out, chosen, manifest, args.budget, args.pairs, args.size,
+                        [int(b) for b in args.batches.split(",")], args.num_frames, args.weights, args.jobs,
+                        shape, args.timed_videos)
+    print(markdown(report))
+    print(f"wrote {out / 'report.json'} and report.md")
+    return cli.EXIT_OK if report["pass"] else cli.EXIT_SOME_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m features.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m features.gpu_check", __doc__.split("\n\n")[0])
     parser.add_argument("--out", default="work/gpu-check")
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (cpu rehearses the script on tiny sizes)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds; later steps are skipped past it")
@@ -341,31 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timed-videos", type=int, default=TIMED_VIDEOS, help="videos per backbone timing")
     parser.add_argument("--weights", default="random", help="checkpoint folder, or random (same cost)")
     parser.add_argument("--jobs", type=int, default=0, help="stage workers, as JOBS (0: all cores)")
-    parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        require_cuda(args.device)
-        if args.manifest:
-            source = Path(args.manifest)
-        else:
-            if not (Path(args.sample) / "manifest.csv").is_file():
-                sample.main(["--out", args.sample])
-            source = Path(args.sample) / "manifest.csv"
-        out = Path(args.out)
-        chosen = read_manifest(source)[: args.videos]
-        manifest = write_manifest(out / "manifest.csv", chosen)
-        shape = {} if torch.device(args.device).type == "cuda" else {"frames_": 8, "size": 32, "examples": 2}
-        report = run_checks(args.device, out, chosen, manifest, args.budget, args.pairs, args.size,
-                            [int(b) for b in args.batches.split(",")], args.num_frames, args.weights, args.jobs,
-                            shape, args.timed_videos)
-    except NoCuda as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return cli.EXIT_RUN_FAILED
-    except Exception as exc:  # the check itself could not run: one line, exit 2
-        return cli.run_failed(exc, args.verbose)
-    print(markdown(report))
-    print(f"wrote {Path(args.out) / 'report.json'} and report.md")
-    return cli.EXIT_OK if report["pass"] else cli.EXIT_SOME_FAILED
+    # without CUDA, or when the check itself cannot run: one `error:` line, exit 2
+    return cli.run(lambda: _main(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

