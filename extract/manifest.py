@@ -13,8 +13,6 @@ video's failure, so a 31,761-row manifest with one missing file still runs.
 """
 from __future__ import annotations
 
-import csv
-import argparse
 import dataclasses
 import io
 import logging

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from extract import audio, cli, flow, frames, sample, stage
+from extract import audio, cli, flow, frames, sample
 from extract.clip import ClipSettings
 from extract.layout import Work
 from extract.manifest import read_manifest, write_manifest

@@ -33,10 +33,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
 
-from extract import cli, cluster, records
+from extract import cli, cluster
 from extract.manifest import Video, read_manifest
 from features import backbones, cache, distributed, modalities
 from features.pipeline import cache_attributes, embed, plan

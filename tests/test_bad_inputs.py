@@ -13,7 +13,7 @@ import pytest
 
 from classify import export
 from classify import predict as predict_cli
-from extract import csvcells, frames, manifest, records, stage
+from extract import csvcells, frames, manifest, records
 from extract.manifest import ManifestError, Video, read_manifest, write_manifest
 from features import backbones, text
 from features import extract as features_cli

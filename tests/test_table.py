@@ -9,7 +9,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
