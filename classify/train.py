@@ -7,8 +7,9 @@ Trains on the manifest's train split, stops early on its val split, and scores v
 Only videos that have the modality take part (a video without audio is in no audio run); the
 counts are in metrics.json. Each run writes, atomically, `W/runs/<modality>-<head>-seed<S>/`:
 
-    settings.json     modality, head, seed, every hyperparameter, the cache's fingerprint, a
-                      digest of the manifest's (id, label, split) rows, the class names
+    settings.json     modality, head, seed, every hyperparameter (the head's `get_params()`
+                      but `verbose`), the cache's fingerprint, a digest of the manifest's
+                      (id, label, split) rows, the class names
     metrics.json      test metrics at the top (accuracy, macro_f1, balanced_accuracy,
                       per_class_recall, confusion_matrix, class_names, n), "val" likewise,
                       "counts" (videos per split with and without the modality), "epochs"
@@ -44,6 +45,8 @@ from features import modalities as registry
 log = logging.getLogger(__name__)
 RUN_FORMAT = 1
 SPLITS = ("train", "val", "test")
+# Head parameters that change what is printed, not what is trained: left out of a run's settings.
+NOT_SETTINGS = ("verbose",)
 
 
 class Labels(NamedTuple):
@@ -145,8 +148,9 @@ def load_run(path) -> RunResult:
 
 
 def _settings(work, labels: Labels, modality: str, head_name: str, head) -> dict:
+    params = {k: v for k, v in head.get_params().items() if k not in NOT_SETTINGS}
     settings = {"format": RUN_FORMAT, "modality": modality, "head": head_name, "seed": head.seed,
-                "params": head.get_params(), "cache": cache.fingerprint(work, modality),
+                "params": params, "cache": cache.fingerprint(work, modality),
                 "manifest": labels.digest, "class_names": labels.class_names}
     if labels.tag:
         settings["fold"] = labels.tag  # a fold's digest already covers its splits; the tag names it
