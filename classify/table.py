@@ -53,7 +53,8 @@ from classify import protocol, stats
 from classify.fuse import RULES, fuse
 from classify.heads import HEADS
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK
-from classify.train import FeatureStore, Labels, train_runs
+from classify.data import FeatureStore, Labels
+from classify.train import train_runs
 from extract.manifest import describe_leaks
 from extract import stage
 from features import cache

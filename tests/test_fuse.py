@@ -9,7 +9,8 @@ from classify import fuse as fuse_mod
 from classify.fuse import choose_weights, combine, fuse_runs, stack
 from classify.heads import LSTMHead
 from classify.metrics import classification_metrics
-from classify.train import Labels, RunResult, train_run
+from classify.data import Labels
+from classify.train import RunResult, train_run
 from features import cache
 from features.bench_cache import synthetic_cache, write_synthetic_manifest
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from classify import fuse as fuse_mod, leakage, protocol, table as tbl, train as train_mod
-from classify.train import Labels
+from classify.data import Labels
 from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
 

@@ -410,6 +410,7 @@ def test_case10_stage_writes_are_fsynced_before_the_rename(media_dir, tmp_path, 
 
 def test_case10_cache_and_run_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     from classify import runs
+    from extract import durable
     from features import cache
 
     log = _SyncLog(monkeypatch)
@@ -423,7 +424,7 @@ def test_case10_cache_and_run_writes_are_fsynced_before_the_rename(tmp_path, mon
     log.check(h5, folder_too=True)
     runs.write_json(tmp_path / "settings.json", {"a": 1})
     log.check(tmp_path / "settings.json", folder_too=False)
-    with runs.atomic_dir(tmp_path / "runs" / "r") as tmp:
+    with durable.atomic_dir(tmp_path / "runs" / "r") as tmp:
         (tmp / "metrics.json").write_text("{}")
     inner = [e for e in log.events if e[0] == "fsync" and e[1].endswith("/metrics.json")]
     assert inner, "files of a run folder must be synced before it is published"
