@@ -43,6 +43,19 @@ class _Format(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is when a record is emitted, not as it was at setup (as the
+    standard library's last-resort handler does): a command run inside a redirection (a test's
+    captured output, a notebook) leaves no handler behind on a stream that is closed later."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def setup_logging(verbose: bool = False, level: int = logging.INFO) -> None:
     """The one logging setup: `level` (INFO by default; DEBUG with --verbose) to stderr.
 
@@ -51,7 +64,7 @@ def setup_logging(verbose: bool = False, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(_Format("%(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else level)
