@@ -35,8 +35,9 @@ from pathlib import Path
 from classify import protocol
 from classify.fuse import fuse
 from classify.heads import LSTMHead, make_head
-from classify.table import build_table
-from classify.train import FeatureStore, Labels, effective_jobs, train_runs
+from classify.cells import build_table
+from classify.data import FeatureStore, Labels
+from classify.train import effective_jobs, train_runs
 from features import cache
 from features.bench_cache import synthetic_cache, write_synthetic_manifest
 

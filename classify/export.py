@@ -19,7 +19,6 @@ atomically (a killed export leaves no half bundle).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -28,13 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+from classify.data import SPLITS, Labels
 from classify.fuse import RULES, fuse
 from classify.heads import HEADS
-from extract.durable import atomic_dir
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json, write_json
-from classify.train import Labels, run_path
+from classify.train import run_path
 from extract import claims, cli
-from extract.layout import Work
+from extract.durable import atomic_dir
+from extract.layout import as_work
 from features import cache
 from features import modalities as registry
 from features.extract import package_version
@@ -51,7 +51,7 @@ def stage_settings(work, names) -> dict:
     """The recorded settings of each stage the modalities read (`W/<stage>/settings.json`)."""
     out = {}
     for name in names:
-        path = Work(work).stage(name) / claims.SETTINGS_FILE
+        path = as_work(work).stage(name) / claims.SETTINGS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the {name} stage never ran in {work}")
         out[name] = json.loads(path.read_text(encoding="utf-8"))
@@ -100,7 +100,7 @@ def export(work, manifest, modalities: list[str], out, head: str = "lstm", rule:
     card = {
         "modalities": list(modalities), "head": head, "rule": rule, "seed": seed, "class_names": labels.class_names,
         "manifest": str(manifest), "manifest_sha256": manifest_digest(manifest), "labels_digest": labels.digest,
-        "videos": {s: len(labels.ids(s)) for s in ("train", "val", "test")},
+        "videos": {s: len(labels.ids(s)) for s in SPLITS},
         "protocol": "the manifest's fixed train/val/test split; heads early-stopped and fusion chosen on val, "
                     "test only scored",
         "metrics": metrics, "fusion_weights": joint["weights"], "package_version": package_version(),
@@ -118,26 +118,29 @@ def export(work, manifest, modalities: list[str], out, head: str = "lstm", rule:
     return Path(out)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classify.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modalities", required=True, help="comma-separated, e.g. rgb,flow,audio,text")
-    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
-    parser.add_argument("--work", default=DEFAULT_WORK)
-    parser.add_argument("--out", required=True, help="the bundle folder to write")
-    parser.add_argument("--head", default="lstm", choices=HEADS)
-    parser.add_argument("--rule", default="weighted", choices=RULES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+def parser():
+    p = cli.parser("python -m classify.export", __doc__.split("\n\n")[0])
+    p.add_argument("--modalities", required=True, help="comma-separated, e.g. rgb,flow,audio,text")
+    p.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    p.add_argument("--work", default=DEFAULT_WORK)
+    p.add_argument("--out", required=True, help="the bundle folder to write")
+    p.add_argument("--head", default="lstm", choices=HEADS)
+    p.add_argument("--rule", default="weighted", choices=RULES)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _main(args) -> int:
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    try:
-        out = export(args.work, args.manifest, modalities, args.out, args.head, args.rule, args.seed)
-    except Exception as exc:  # a missing cache or stage, a bad manifest, a crash: exit 2, one line
-        return cli.run_failed(exc, args.verbose)
+    out = export(args.work, args.manifest, modalities, args.out, args.head, args.rule, args.seed)
     print(f"wrote the model bundle {out} ({', '.join(modalities)}; {args.head} heads, {args.rule} fusion); "
           f"card: {out / 'card.md'}")
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose, level=logging.WARNING)
 
 
 if __name__ == "__main__":

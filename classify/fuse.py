@@ -38,10 +38,8 @@ e.g. `fuse-rgb+flow-weighted-cv5f2`; see `classify.protocol`).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
-import logging
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -49,12 +47,14 @@ from typing import NamedTuple
 import numpy as np
 
 from classify import protocol
+from classify.data import FeatureStore, Labels
 from classify.heads import HEADS
 from classify.metrics import classification_metrics
-from extract.durable import atomic_dir
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, write_json
-from classify.train import FeatureStore, Labels, RunResult, percent, train_run
+from classify.train import RunResult, percent, train_run
 from extract import cli
+from extract.durable import atomic_dir
+from extract.layout import as_work
 from features import cache
 
 RULES = ("mean", "weighted", "stack")
@@ -253,7 +253,7 @@ def fuse(work, labels: Labels | str, modalities: list[str], head: str = "lstm", 
     runs = {m: train_run(work, labels, m, head, seed, store=store) for m in modalities}
     result, test_ids, joint, fusion = fuse_runs(runs, labels, rule, seed)
     result.update({"head": head, "seed": seed})
-    final = Path(work) / "runs" / fuse_name(modalities, head, rule, seed, labels.tag)
+    final = as_work(work).run(fuse_name(modalities, head, rule, seed, labels.tag))
     y_test = np.array([labels.label[i] for i in test_ids], dtype=np.int64)
     with atomic_dir(final) as tmp:
         write_json(tmp / "metrics.json", result)
@@ -265,30 +265,28 @@ def fuse(work, labels: Labels | str, modalities: list[str], head: str = "lstm", 
     return FuseResult(final, result, test_ids, joint)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classify.fuse", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modalities", required=True, help="comma-separated, e.g. rgb,flow,audio")
-    parser.add_argument("--head", default="lstm", choices=HEADS)
-    parser.add_argument("--rule", default="weighted", choices=RULES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", default=DEFAULT_WORK)
-    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
-    parser.add_argument("--cv", default="fixed", help="fixed (the manifest's split, default), K (group-aware "
-                                                      "K-fold) or groups (leave-one-group-out); see classify.protocol")
-    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def parser():
+    p = cli.parser("python -m classify.fuse", __doc__.split("\n\n")[0])
+    p.add_argument("--modalities", required=True, help="comma-separated, e.g. rgb,flow,audio")
+    p.add_argument("--head", default="lstm", choices=HEADS)
+    p.add_argument("--rule", default="weighted", choices=RULES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default=DEFAULT_WORK)
+    p.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    p.add_argument("--cv", default="fixed", help="fixed (the manifest's split, default), K (group-aware "
+                                                 "K-fold) or groups (leave-one-group-out); see classify.protocol")
+    return p
+
+
+def _main(args) -> int:
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    try:
-        cv = protocol.parse_cv(args.cv)
-        banner = cache.random_weights_banner(args.work, modalities)
-        if banner:
-            print(banner + "\n")
-        folds = protocol.fold_labels(Labels.from_manifest(args.manifest), cv)
-        store = FeatureStore(args.work)
-        results = [fuse(args.work, fold, modalities, args.head, args.rule, args.seed, store) for fold in folds]
-    except Exception as exc:  # bad names, missing caches, NaN features, a crash: the run failed, exit 2
-        return cli.run_failed(exc, args.verbose)
+    cv = protocol.parse_cv(args.cv)
+    banner = cache.random_weights_banner(args.work, modalities)
+    if banner:
+        print(banner + "\n")
+    folds = protocol.fold_labels(Labels.from_manifest(args.manifest), cv)
+    store = FeatureStore(args.work)
+    results = [fuse(args.work, fold, modalities, args.head, args.rule, args.seed, store) for fold in folds]
     width = max(len(x) for x in modalities + ["joint"])
     for fold, res in zip(folds, results):
         m = res.metrics
@@ -304,7 +302,12 @@ def main(argv=None) -> int:
         accs = [r.metrics["joint"]["accuracy"] for r in results]
         print(f"joint test accuracy over {len(results)} folds ({protocol.title(cv, len(results))}): "
               f"{percent(float(np.mean(accs)))} ± {100 * float(np.std(accs, ddof=1)):.2f}")
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 """Classifier heads on cached feature sequences `X [n, L, D]` with `lengths [n]`.
 
-Every head has the same estimator-style interface:
+Every head is a scikit-learn estimator (`sklearn.base.BaseEstimator`): each hyperparameter is
+an `__init__` argument stored unchanged, so `get_params`, `set_params`, `clone` and the
+estimator's repr come from scikit-learn, and a run records exactly those parameters. Its data
+are sequences, so `fit` and `predict_proba` take the lengths beside `X` (and `fit` the
+validation split, for early stopping):
 
-    head = make_head("lstm", seed=0)            # every hyperparameter is an __init__ argument
+    head = make_head("lstm", seed=0)
     head.fit(X, lengths, y, X_val, lengths_val, y_val, n_classes=3)
     proba = head.predict_proba(X_test, lengths_test)   # float [n, n_classes]
+
+(`ClassifierMixin` is left out: its `score(X, y)` cannot pass the lengths.)
 
 * `lstm` (`LSTMHead`, PyTorch): optional time pooling to at most `max_steps` steps, per-feature
   standardisation (statistics of the training split), a linear input projection with ReLU and
@@ -43,8 +49,10 @@ import contextlib
 import math
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 HEADS = ("lstm", "linear", "mlp")
+POOLED_KINDS = ("linear", "mlp")
 
 
 def mean_pool(X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -154,7 +162,7 @@ def _lstm_net(dim: int, proj: int, hidden: int, n_classes: int, dropout: float):
     return Net()
 
 
-class LSTMHead:
+class LSTMHead(BaseEstimator):
     """Projection + one LSTM layer + linear, trained with Adam and early stopping."""
 
     def __init__(self, hidden: int = 64, proj: int = 64, max_steps: int = 16, dropout: float = 0.2,
@@ -165,12 +173,6 @@ class LSTMHead:
         self.lr, self.weight_decay, self.batch_size = lr, weight_decay, batch_size
         self.max_epochs, self.patience, self.class_weight = max_epochs, patience, class_weight
         self.standardize, self.threads, self.seed, self.verbose = standardize, threads, seed, verbose
-
-    _PARAMS = ("hidden", "proj", "max_steps", "dropout", "lr", "weight_decay", "batch_size", "max_epochs",
-               "patience", "class_weight", "standardize", "threads", "seed")
-
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self._PARAMS}
 
     # -- data
 
@@ -310,18 +312,18 @@ class LSTMHead:
             self.net_.eval()
 
 
-class PooledHead:
+def _check_kind(kind) -> None:
+    if kind not in POOLED_KINDS:
+        raise ValueError(f"PooledHead kind must be 'linear' or 'mlp', not {kind!r}")
+
+
+class PooledHead(BaseEstimator):
     """Mean-pooled sequence -> StandardScaler + LogisticRegression (`linear`) or MLPClassifier (`mlp`)."""
 
     def __init__(self, kind: str = "linear", C: float = 1.0, hidden: int = 256, alpha: float = 1e-3,
                  max_iter: int = 1000, seed: int = 0):
-        if kind not in ("linear", "mlp"):
-            raise ValueError(f"PooledHead kind must be 'linear' or 'mlp', not {kind!r}")
+        _check_kind(kind)  # a typo fails here, not after the features are loaded (set_params: in fit)
         self.kind, self.C, self.hidden, self.alpha, self.max_iter, self.seed = kind, C, hidden, alpha, max_iter, seed
-
-    def get_params(self) -> dict:
-        return {"kind": self.kind, "C": self.C, "hidden": self.hidden, "alpha": self.alpha,
-                "max_iter": self.max_iter, "seed": self.seed}
 
     def fit(self, X, lengths, y, X_val=None, lengths_val=None, y_val=None, n_classes: int | None = None):
         """The validation split is not used: `mlp` stops early on 10 % of the training videos."""
@@ -330,6 +332,7 @@ class PooledHead:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
+        _check_kind(self.kind)
         y = np.asarray(y, dtype=np.int64)
         check_labels(y)
         check_features(X, lengths, "training features")
@@ -363,6 +366,6 @@ def make_head(name: str, seed: int = 0, **params):
     """A fresh head of the named kind with default hyperparameters unless given."""
     if name == "lstm":
         return LSTMHead(seed=seed, **params)
-    if name in ("linear", "mlp"):
+    if name in POOLED_KINDS:
         return PooledHead(kind=name, seed=seed, **params)
     raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")

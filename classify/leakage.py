@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from classify import protocol
-from classify.train import FeatureStore, Labels, train_run
+from classify.data import FeatureStore, Labels
+from classify.train import train_run
 from extract.manifest import Video, assign_splits, write_manifest
 from features import cache
 

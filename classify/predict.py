@@ -25,7 +25,6 @@ modality left), the rest are predicted; 2 the run failed (bad bundle or manifest
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -37,6 +36,7 @@ import numpy as np
 
 from classify.export import BUNDLE_FORMAT
 from extract import cli, csvcells, durable, stage
+from extract.layout import Work
 from extract.manifest import Video, read_manifest
 from features import backbones, cache
 from features import modalities as registry
@@ -163,7 +163,7 @@ def predict(model, videos: Sequence[Video], work, jobs: int = 0, device: str = "
     summaries = run_stages(bundle, videos, work, jobs)
     embed(bundle, videos, work, weights, device, loaders)
     ids, fused, P, reasons = predict_proba(model, bundle, videos, work)
-    out = work / "predictions.csv"
+    out = Work(work).predictions
     durable.atomic_write_bytes(out, predictions_csv(bundle, ids, fused, P, reasons).encode("utf-8"))
     predicted = int((~np.isnan(fused[:, 0])).sum())
     stage_failed = sum(s.failed for s in summaries.values())
@@ -171,26 +171,29 @@ def predict(model, videos: Sequence[Video], work, jobs: int = 0, device: str = "
             "stage_failures": stage_failed, "path": str(out)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classify.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a bundle folder written by classify.export")
-    parser.add_argument("--manifest", required=True, help="the videos to predict (label and split may be empty)")
-    parser.add_argument("--work", required=True, help="work folder for their stages and features")
-    parser.add_argument("--jobs", type=int, default=0, help="videos in parallel in the stages (0: all cores)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--weights", default="weights", help="checkpoint folder (ignored for random-weight bundles)")
-    parser.add_argument("--loaders", type=int, default=1, help="DataLoader workers of the feature stage")
-    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        videos = read_manifest(args.manifest, require_split=False, require_label=False)
-        s = predict(args.model, videos, args.work, args.jobs, args.device, args.weights, args.loaders)
-    except Exception as exc:  # other weights or settings, a bad bundle or manifest, a crash: exit 2
-        return cli.run_failed(exc, args.verbose)
+def parser():
+    p = cli.parser("python -m classify.predict", __doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a bundle folder written by classify.export")
+    p.add_argument("--manifest", required=True, help="the videos to predict (label and split may be empty)")
+    p.add_argument("--work", required=True, help="work folder for their stages and features")
+    p.add_argument("--jobs", type=int, default=0, help="videos in parallel in the stages (0: all cores)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--weights", default="weights", help="checkpoint folder (ignored for random-weight bundles)")
+    p.add_argument("--loaders", type=int, default=1, help="DataLoader workers of the feature stage")
+    return p
+
+
+def _main(args) -> int:
+    videos = read_manifest(args.manifest, require_split=False, require_label=False)
+    s = predict(args.model, videos, args.work, args.jobs, args.device, args.weights, args.loaders)
     print(f"predicted {s['predicted']} of {s['videos']} videos ({s['unpredictable']} without any modality) "
           f"-> {s['path']}")
     return cli.EXIT_SOME_FAILED if s["unpredictable"] or s["stage_failures"] else cli.EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose, level=logging.WARNING)
 
 
 if __name__ == "__main__":

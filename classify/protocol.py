@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from classify.train import Labels
+from classify.data import Labels
 
 FIXED = "fixed"
 GROUPS = "groups"

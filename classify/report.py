@@ -1,10 +1,11 @@
 """`make report`: one static HTML page to look at the results and at the test videos.
 
-    python -m classify.report --manifest M --work W [--out W/report]
+    python -m classify.report --manifest M --work W [--table W/table] [--out W/report]
 
-Reads what `make table` wrote (`W/table/table.md`, `table.json`, the figures) and the runs it
-used, and writes `W/report/index.html` with everything it shows beside it (figures, thumbnail
-JPEGs): it opens from disk, with no server, no network and nothing fetched from elsewhere.
+Reads what `classify.table --out DIR` wrote (`DIR/table.md`, `table.json`, the figures; DIR is
+`W/table/` by default, as for `make table`) and the runs it used, and writes
+`W/report/index.html` with everything it shows beside it (figures, thumbnail JPEGs): it opens
+from disk, with no server, no network and nothing fetched from elsewhere.
 
 The page: the results table with its notes, the confusion matrices and per-class recall figures,
 the fusion weights, and a browser of the test videos of the table's largest joint model (seed
@@ -16,8 +17,6 @@ JavaScript. The folder is replaced atomically.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import sys
 import time
@@ -25,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.durable import atomic_dir
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
 from extract import cli, frames
-from extract.layout import file_key
+from extract.durable import atomic_dir
+from extract.layout import as_work, file_key
 from extract.manifest import read_manifest
 from features import cache
 
@@ -51,8 +50,8 @@ def _predictions(run: Path) -> tuple[list[str], np.ndarray]:
         return p["test_ids"].tolist(), p["test_proba"]
 
 
-def _thumbnails(work: Path, video_id: str, out: Path) -> list[str]:
-    """Up to 4 small JPEGs of the stored frames, written into out/thumbs; their relative paths."""
+def _thumbnails(work, video_id: str, out: Path) -> list[str]:
+    """Up to 4 small JPEGs of the frames stage's output, written into out/thumbs; their relative paths."""
     import cv2
 
     try:
@@ -76,8 +75,8 @@ def _bars(proba: np.ndarray, classes: list[str]) -> list[dict]:
     return [{"name": c, "p": float(p), "top": i == top} for i, (c, p) in enumerate(zip(classes, proba))]
 
 
-def page_context(work: Path, manifest, table: dict, out: Path) -> dict:
-    """Everything the template shows; writes the thumbnails into `out`."""
+def page_context(work, manifest, table: dict, table_dir: Path, out: Path) -> dict:
+    """Everything the template shows, from the table in `table_dir`; writes the thumbnails into `out`."""
     import markdown
 
     videos = {v.id: v for v in read_manifest(manifest)}
@@ -106,7 +105,7 @@ def page_context(work: Path, manifest, table: dict, out: Path) -> dict:
         rows.append({"id": vid, "true": true, "pred": pred, "confidence": float(np.max(proba)), "error": pred != true,
                      "caption": v.text if v else None, "thumbs": _thumbnails(work, vid, out),
                      "fused": _bars(proba, classes), "per_modality": per_modality})
-    md = (Path(work) / "table" / "table.md").read_text(encoding="utf-8")
+    md = (table_dir / "table.md").read_text(encoding="utf-8")
     if table.get("banner") and md.startswith(table["banner"]):
         md = md[len(table["banner"]):]
     weights = [{"name": f"{c['row']} {c['column']}", "rule": c.get("rule", ""), "weights": c["weights"]}
@@ -114,7 +113,7 @@ def page_context(work: Path, manifest, table: dict, out: Path) -> dict:
     figures = []
     for name, alt in (("confusion_joint.png", "confusion matrices of the joint models"),
                       ("per_class_recall.png", "per-class recall by modality")):
-        src = Path(work) / "table" / name
+        src = table_dir / name
         if src.is_file():
             shutil.copy2(src, out / name)
             figures.append({"file": name, "alt": alt})
@@ -123,7 +122,7 @@ def page_context(work: Path, manifest, table: dict, out: Path) -> dict:
                    + f", seed {table['seeds'][0]}; test accuracy {100 * joint_metrics['accuracy']:.2f} % on "
                    f"{joint_metrics['n']} videos ({sum(r['error'] for r in rows)} errors).")
     return {
-        "title": "DMVER benchmark report", "work": str(work), "manifest": str(manifest),
+        "title": "DMVER benchmark report", "work": str(as_work(work).root), "manifest": str(manifest),
         "created": time.strftime("%Y-%m-%d %H:%M"), "banner": table.get("banner"),
         "table_html": markdown.markdown(md, extensions=["tables"]), "figures": figures,
         "fusion_weights": weights,
@@ -141,32 +140,45 @@ def render(context: dict) -> str:
     return env.get_template("report.html.j2").render(**context)
 
 
-def write_report(work, manifest, out=None) -> Path:
-    """Write the report folder (atomically) and return the page's path."""
-    work = Path(work)
-    out = Path(out) if out else work / "report"
-    table_json = work / "table" / "table.json"
-    if not table_json.is_file():
-        raise FileNotFoundError(f"{table_json} is missing: run `make table` (python -m classify.table) first")
-    table = json.loads(table_json.read_text(encoding="utf-8"))
+def read_table(table_dir) -> dict:
+    """table.json of a folder `classify.table` wrote."""
+    path = Path(table_dir) / "table.json"
+    if not path.is_file():
+        raise cli.UserError(f"{path} is missing: run `make table` (python -m classify.table --out "
+                            f"{Path(table_dir)}) first")
+    return read_json(path)
+
+
+def write_report(work, manifest, out=None, table_dir=None) -> Path:
+    """Write the report folder (atomically) for the table in `table_dir` (default: the work
+    folder's, `W/table/`) and return the page's path."""
+    work = as_work(work)
+    out = Path(out) if out else work.report
+    table_dir = Path(table_dir) if table_dir else work.table()
+    table = read_table(table_dir)
     with atomic_dir(out) as tmp:
-        (tmp / "index.html").write_text(render(page_context(work, manifest, table, tmp)), encoding="utf-8")
+        (tmp / "index.html").write_text(render(page_context(work, manifest, table, table_dir, tmp)), encoding="utf-8")
     return out / "index.html"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classify.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
-    parser.add_argument("--work", default=DEFAULT_WORK)
-    parser.add_argument("--out", help="report folder (default WORK/report)")
-    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
-    args = parser.parse_args(argv)
-    try:
-        page = write_report(args.work, args.manifest, args.out)
-    except Exception as exc:  # no table yet, a bad manifest, a crash: exit 2, one line
-        return cli.run_failed(exc, args.verbose)
+def parser():
+    p = cli.parser("python -m classify.report", __doc__.split("\n\n")[0])
+    p.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    p.add_argument("--work", default=DEFAULT_WORK)
+    p.add_argument("--table", help="the folder classify.table wrote (default WORK/table)")
+    p.add_argument("--out", help="report folder (default WORK/report)")
+    return p
+
+
+def _main(args) -> int:
+    page = write_report(args.work, args.manifest, args.out, args.table)
     print(f"wrote the report {page} (open it in a browser; it needs no server)")
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ test-sample noise. Here the test videos themselves are resampled:
 * `mcnemar_exact`: the exact McNemar test of two single runs' correctness on the same videos
   (two-sided binomial test on the discordant pairs), for one seed at a time.
 
-Metrics come from confusion matrices, with the conventions of `classify.metrics`: macro-F1 over
-the classes present in the truth or the predictions, balanced accuracy over those in the truth.
-A prediction of -1 means the run did not score that video (it lacks the modality).
+Each resample's metrics are read off its confusion matrix by `classify.metrics` (the same
+function that scores a run). A prediction of -1 means the run did not score that video (it
+lacks the modality).
 """
 from __future__ import annotations
 
@@ -25,29 +25,12 @@ import math
 
 import numpy as np
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+from classify.metrics import METRICS, metric_from_confusion
+
 N_BOOT = 2000
 SEED = 0
 ALPHA = 0.05
 _CHUNK = 50  # resamples per matrix product: 50 x 31,761 float64 counts is 13 MB
-
-
-def metric_from_confusion(cm: np.ndarray, metric: str) -> np.ndarray:
-    """`metric` of confusion matrices `[..., K, K]` (rows true, columns predicted) -> `[...]`."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diagonal(cm, axis1=-2, axis2=-1)
-    support, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
-    n = support.sum(axis=-1)
-    if metric == "accuracy":
-        return tp.sum(axis=-1) / np.maximum(n, 1)
-    recall = tp / np.maximum(support, 1)
-    if metric == "balanced_accuracy":
-        return (recall * (support > 0)).sum(axis=-1) / np.maximum((support > 0).sum(axis=-1), 1)
-    if metric == "macro_f1":
-        f1 = 2 * tp / np.maximum(support + predicted, 1)  # = 2PR / (P + R), 0 when tp = 0
-        present = (support > 0) | (predicted > 0)
-        return (f1 * present).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
-    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
 def _pairs(y_true: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:

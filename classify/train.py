@@ -7,8 +7,9 @@ Trains on the manifest's train split, stops early on its val split, and scores v
 Only videos that have the modality take part (a video without audio is in no audio run); the
 counts are in metrics.json. Each run writes, atomically, `W/runs/<modality>-<head>-seed<S>/`:
 
-    settings.json     modality, head, seed, every hyperparameter, the cache's fingerprint, a
-                      digest of the manifest's (id, label, split) rows, the class names
+    settings.json     modality, head, seed, every hyperparameter (the head's `get_params()`
+                      but `verbose`), the cache's fingerprint, a digest of the manifest's
+                      (id, label, split) rows, the class names
     metrics.json      test metrics at the top (accuracy, macro_f1, balanced_accuracy,
                       per_class_recall, confusion_matrix, class_names, n), "val" likewise,
                       "counts" (videos per split with and without the modality), "epochs"
@@ -21,8 +22,6 @@ A run whose folder holds the same settings is reused, not trained again; `--forc
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import os
@@ -33,56 +32,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from classify.heads import HEADS, LSTMHead, make_head, time_pool
+from classify import protocol
+from classify.data import SPLITS, FeatureStore, Labels
+from classify.heads import HEADS, LSTMHead, make_head
 from classify.metrics import classification_metrics
-from extract.durable import atomic_dir
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json, write_json
 from extract import cli
+from extract.durable import atomic_dir
+from extract.layout import as_work
 from features import cache
 from features import modalities as registry
 
 log = logging.getLogger(__name__)
 RUN_FORMAT = 1
-SPLITS = ("train", "val", "test")
-
-
-class Labels(NamedTuple):
-    """What the classifiers need from a manifest (or one cross-validation fold of it)."""
-    class_names: list[str]
-    label: dict[str, int]   # id -> class index
-    split: dict[str, str]   # id -> train / val / test
-    digest: str             # changes when any (id, label, split) changes
-    group: dict[str, str] | None = None  # id -> group, for the videos that have one
-    tag: str = ""           # run-name suffix of a cross-validation fold ("cv5f2"); "" for the manifest's split
-
-    @classmethod
-    def from_manifest(cls, path) -> "Labels":
-        from extract.manifest import class_names, read_manifest
-
-        videos = read_manifest(path)
-        names = class_names(videos)
-        label = {v.id: names.index(v.label) for v in videos}
-        split = {v.id: v.split for v in videos}
-        return cls(names, label, split, split_digest(videos_rows(names, label, split)),
-                   {v.id: v.group for v in videos if v.group})
-
-    def with_splits(self, split: dict[str, str], tag: str) -> "Labels":
-        """The same videos and classes under other splits (a fold); the digest follows the splits."""
-        label = {i: self.label[i] for i in split}
-        return self._replace(label=label, split=dict(split), tag=tag,
-                             digest=split_digest(videos_rows(self.class_names, label, split)))
-
-    def ids(self, split: str) -> list[str]:
-        return [i for i, s in self.split.items() if s == split]
-
-
-def videos_rows(names: list[str], label: dict[str, int], split: dict[str, str]) -> list[tuple[str, str, str]]:
-    return sorted((i, names[label[i]], split[i]) for i in split)
-
-
-def split_digest(rows: list[tuple[str, str, str]]) -> str:
-    """16 hex digits of the sorted (id, label, split) rows: what a run's reuse depends on."""
-    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+# Head parameters that change what is printed, not what is trained: left out of a run's settings.
+NOT_SETTINGS = ("verbose",)
 
 
 class RunResult(NamedTuple):
@@ -96,44 +60,14 @@ class RunResult(NamedTuple):
     reused: bool
 
 
-class FeatureStore:
-    """Holds one modality's loaded cache at a time (plus its time-pooled copies) for many runs."""
-
-    def __init__(self, work):
-        self.work = Path(work)
-        self.modality: str | None = None
-        self._variants: dict = {}
-
-    @classmethod
-    def holding(cls, work, modality: str, max_steps: int | None, features: cache.Features) -> "FeatureStore":
-        """A store that already holds `features` (one modality, time-pooled to `max_steps`): what
-        `train_runs`' worker processes get, the arrays memory-mapped from the parent's."""
-        store = cls(work)
-        store.modality, store._variants = modality, {max_steps: features}
-        return store
-
-    def get(self, modality: str, max_steps: int | None = None) -> cache.Features:
-        if modality != self.modality:
-            self._variants = {}  # drop the previous modality before loading the next one
-            self.modality = None
-            t = time.perf_counter()
-            self._variants[None] = cache.load(self.work, modality)
-            self.modality = modality
-            log.info("loaded %s features %s in %.1f s", modality, self._variants[None].x.shape, time.perf_counter() - t)
-        if max_steps not in self._variants:
-            raw = self._variants[None]
-            x, lengths = time_pool(raw.x, raw.lengths, max_steps)
-            self._variants[max_steps] = cache.Features(raw.ids, x, lengths)
-        return self._variants[max_steps]
-
-
 def run_name(modality: str, head: str, seed: int, tag: str = "") -> str:
     """`rgb-lstm-seed0`; a cross-validation fold adds its tag: `rgb-lstm-seed0-cv5f2`."""
     return f"{modality}-{head}-seed{seed}" + (f"-{tag}" if tag else "")
 
 
 def run_path(work, modality: str, head: str, seed: int, tag: str = "") -> Path:
-    return Path(work) / "runs" / run_name(modality, head, seed, tag)
+    """`W/runs/<run_name>/`."""
+    return as_work(work).run(run_name(modality, head, seed, tag))
 
 
 def load_run(path) -> RunResult:
@@ -145,8 +79,9 @@ def load_run(path) -> RunResult:
 
 
 def _settings(work, labels: Labels, modality: str, head_name: str, head) -> dict:
+    params = {k: v for k, v in head.get_params().items() if k not in NOT_SETTINGS}
     settings = {"format": RUN_FORMAT, "modality": modality, "head": head_name, "seed": head.seed,
-                "params": head.get_params(), "cache": cache.fingerprint(work, modality),
+                "params": params, "cache": cache.fingerprint(work, modality),
                 "manifest": labels.digest, "class_names": labels.class_names}
     if labels.tag:
         settings["fold"] = labels.tag  # a fold's digest already covers its splits; the tag names it
@@ -289,34 +224,30 @@ def percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classify.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modality", required=True,
-                        help="any modality with a feature cache in WORK/features/ (registered: "
-                             + ", ".join(registry.names()) + ")")
-    parser.add_argument("--head", default="lstm", choices=HEADS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", default=DEFAULT_WORK)
-    parser.add_argument("--manifest", default=DEFAULT_MANIFEST)
-    parser.add_argument("--force", action="store_true", help="train again even if the run exists")
-    parser.add_argument("--cv", default="fixed", help="fixed (the manifest's split, default), K (group-aware "
-                                                      "K-fold) or groups (leave-one-group-out); see classify.protocol")
-    parser.add_argument("--verbose", action="store_true", help="a traceback with any error")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        from classify import protocol
+def parser():
+    p = cli.parser("python -m classify.train", __doc__.split("\n\n")[0])
+    p.add_argument("--modality", required=True,
+                   help="any modality with a feature cache in WORK/features/ (registered: "
+                        + ", ".join(registry.names()) + ")")
+    p.add_argument("--head", default="lstm", choices=HEADS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default=DEFAULT_WORK)
+    p.add_argument("--manifest", default=DEFAULT_MANIFEST)
+    p.add_argument("--force", action="store_true", help="train again even if the run exists")
+    p.add_argument("--cv", default="fixed", help="fixed (the manifest's split, default), K (group-aware "
+                                                 "K-fold) or groups (leave-one-group-out); see classify.protocol")
+    return p
 
-        cv = protocol.parse_cv(args.cv)
-        banner = cache.random_weights_banner(args.work, [args.modality])
-        if banner:
-            print(banner + "\n")
-        folds = protocol.fold_labels(Labels.from_manifest(args.manifest), cv)
-        store = FeatureStore(args.work)
-        runs = [train_run(args.work, fold, args.modality, args.head, args.seed, store=store, force=args.force)
-                for fold in folds]
-    except Exception as exc:  # bad names, missing cache, NaN features, a crash: the run failed, exit 2
-        return cli.run_failed(exc, args.verbose)
+
+def _main(args) -> int:
+    cv = protocol.parse_cv(args.cv)
+    banner = cache.random_weights_banner(args.work, [args.modality])
+    if banner:
+        print(banner + "\n")
+    folds = protocol.fold_labels(Labels.from_manifest(args.manifest), cv)
+    store = FeatureStore(args.work)
+    runs = [train_run(args.work, fold, args.modality, args.head, args.seed, store=store, force=args.force)
+            for fold in folds]
     for fold, run in zip(folds, runs):
         m = run.metrics
         print(f"{args.modality} {args.head} seed {args.seed}{' fold ' + fold.tag if fold.tag else ''}: test accuracy "
@@ -326,7 +257,12 @@ def main(argv=None) -> int:
         accs = [r.metrics["accuracy"] for r in runs]
         print(f"test accuracy over {len(runs)} folds ({protocol.title(cv, len(runs))}): "
               f"{percent(float(np.mean(accs)))} ± {100 * float(np.std(accs, ddof=1)):.2f}")
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ layout is written down once:
     W/runs/<run name>/               one trained head or one fusion (metrics, predictions)
     W/table/<name>/                  a results table (table.json, table.md, figures)
     W/report/                        the HTML report
+    W/predictions.csv                what a model bundle predicted for the work folder's videos
 
 `<key>` is `file_key(id)`: stage outputs and feature shards use the same name for a video.
 """
@@ -102,6 +103,11 @@ class Work:
     @property
     def report(self) -> Path:
         return self.root / self.REPORT
+
+    @property
+    def predictions(self) -> Path:
+        """`W/predictions.csv`, written by `classify.predict`."""
+        return self.root / "predictions.csv"
 
 
 def as_work(work: "str | os.PathLike | Work") -> Work:

@@ -219,3 +219,58 @@ def test_lstm_restores_the_torch_thread_setting(order_data):
     head.predict_proba(X[:8], L[:8])
     assert torch.get_num_threads() == before
     assert head.get_params()["threads"] == 1
+
+
+# ----------------------------------------------------------------------------- scikit-learn estimators
+
+
+@pytest.mark.parametrize("name", ["lstm", "linear", "mlp"])
+def test_heads_are_sklearn_estimators_with_every_init_argument_as_a_parameter(name):
+    import inspect
+
+    from sklearn.base import BaseEstimator, clone
+
+    head = make_head(name, seed=4)
+    assert isinstance(head, BaseEstimator)
+    init = [p for p in inspect.signature(type(head).__init__).parameters if p != "self"]
+    params = head.get_params()
+    assert sorted(params) == sorted(init)
+    assert all(params[p] is getattr(head, p) for p in init)  # stored unchanged
+    copy = clone(head)
+    assert type(copy) is type(head) and copy is not head and copy.get_params() == params
+    assert copy.set_params(seed=9) is copy and copy.seed == 9 and head.seed == 4
+    with pytest.raises(ValueError):
+        copy.set_params(no_such_parameter=1)
+
+
+def test_lstm_set_params_and_clone_train_the_same_head_as_the_constructor(order_data):
+    """A head made by `clone` or changed by `set_params` trains exactly like one constructed with
+    those parameters (what a run's settings.json records is what was trained)."""
+    from sklearn.base import clone
+
+    (X, L, y), (Xv, Lv, yv), (Xt, Lt, _) = order_data
+    params = dict(FAST, max_epochs=3)
+    direct = LSTMHead(seed=2, **params).fit(X, L, y, Xv, Lv, yv, n_classes=2)
+    fitted_clone = clone(direct)
+    assert not hasattr(fitted_clone, "net_")  # clone copies parameters, not the fitted state
+    fitted_clone.fit(X, L, y, Xv, Lv, yv, n_classes=2)
+    changed = LSTMHead(seed=0, **params).set_params(seed=2).fit(X, L, y, Xv, Lv, yv, n_classes=2)
+    expected = direct.predict_proba(Xt, Lt)
+    np.testing.assert_array_equal(fitted_clone.predict_proba(Xt, Lt), expected)
+    np.testing.assert_array_equal(changed.predict_proba(Xt, Lt), expected)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_pooled_clone_trains_the_same_head(kind):
+    from sklearn.base import clone
+
+    rng = np.random.default_rng(1)
+    y = np.arange(120) % 3
+    lengths = rng.integers(2, 6, 120)
+    X = padded(rng, lengths, 6, 4, np.eye(4)[y])
+    head = make_head(kind, seed=5, C=0.5, alpha=1e-2)
+    a = head.fit(X[:90], lengths[:90], y[:90], n_classes=3).predict_proba(X[90:], lengths[90:])
+    b = clone(head).fit(X[:90], lengths[:90], y[:90], n_classes=3).predict_proba(X[90:], lengths[90:])
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="kind must be"):
+        clone(head).set_params(kind="svm").fit(X[:90], lengths[:90], y[:90], n_classes=3)

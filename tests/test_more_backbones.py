@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from classify import fuse as fuse_cli
-from classify import table as table_cli
+from classify import rows as table_rows
 from classify import train as train_cli
 from extract import audio, cli, frames, logmel, manifest, media, provenance, stage
 from extract.layout import Work
@@ -350,10 +350,11 @@ def test_heads_and_fusion_take_the_new_names(extracted):
 
 def test_table_extra_rows_for_the_new_backbones(extracted, tmp_path):
     _, w, _, _ = extracted
-    auto = {r.name for r in table_cli.select_extra_rows(w, "auto")}
+    entries = modalities.all_modalities()
+    auto = {r.name for r in table_rows.select_extra_rows(w, "auto", entries)}
     assert {"R(2+1)D", "S3D", "CLIP", "wav2vec 2.0", "HuBERT"} <= auto and "Text" not in auto
-    assert not table_cli.select_extra_rows(tmp_path, "auto")          # no caches, no rows
-    rows = table_cli.select_extra_rows(tmp_path, "R(2+1)D,HuBERT")   # named: shown even without a cache
+    assert not table_rows.select_extra_rows(tmp_path, "auto", entries)          # no caches, no rows
+    rows = table_rows.select_extra_rows(tmp_path, "R(2+1)D,HuBERT", entries)   # named: shown even without a cache
     assert [r.cells for r in rows] == [{"RGB": ("r2plus1d",)}, {"Flow/Audio": ("hubert",)}]
     assert all(not r.published for r in rows)
 

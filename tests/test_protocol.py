@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classify import fuse as fuse_mod, leakage, protocol, table as tbl, train as train_mod
-from classify.train import Labels
+from classify import cells, fuse as fuse_mod, leakage, protocol, render, table as tbl, train as train_mod
+from classify.data import Labels
 from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
 
@@ -63,7 +63,7 @@ def test_cv_groups_is_leave_one_group_out():
     assert_fold_structure(folds, labels)
     assert [{labels.group[i] for i in f.ids("test")} for f in folds] == [{f"g{k}"} for k in range(5)]
     assert all(len({labels.group[i] for i in f.ids("val")}) == 1 for f in folds)  # 4 training groups: 1 for val
-    assert tbl._held_out(folds) == [f"g{k}" for k in range(5)]
+    assert cells.held_out_groups(folds) == [f"g{k}" for k in range(5)]
 
 
 def test_protocol_errors_are_one_actionable_line():
@@ -151,7 +151,7 @@ def test_cross_validated_table(grouped_work, tmp_path):
     assert rc == 0, stderr
     assert (Path(i3d["RGB"]["runs"][0]) / "model.joblib").stat().st_mtime_ns == stamp
     again = json.loads((tmp_path / "again" / "table.json").read_text(encoding="utf-8"))
-    assert again["metric"] == "macro_f1" and tbl._find(again, "I3D", "RGB")["accuracy"] == i3d["RGB"]["accuracy"]
+    assert again["metric"] == "macro_f1" and render.find_cell(again, "I3D", "RGB")["accuracy"] == i3d["RGB"]["accuracy"]
     assert (tmp_path / "again" / "table.md").read_text(encoding="utf-8").split("\n\n")[2].startswith("Macro-F1 (%)")
 
 

@@ -411,6 +411,7 @@ def test_case10_stage_writes_are_fsynced_before_the_rename(media_dir, tmp_path, 
 
 def test_case10_cache_and_run_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     from classify import runs
+    from extract import durable
     from features import cache
 
     log = _SyncLog(monkeypatch)

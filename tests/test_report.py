@@ -44,7 +44,7 @@ def built(tmp_path_factory):
     page = work / "report" / "index.html"
     cell, run = report._browser_run(json.loads((work / "table" / "table.json").read_text()))
     metrics = json.loads((run / "metrics.json").read_text())["joint"]
-    return {"work": work, "page": page, "metrics": metrics, "cell": cell}
+    return {"work": work, "manifest": manifest, "page": page, "metrics": metrics, "cell": cell}
 
 
 def test_the_page_is_self_contained(built):
@@ -65,6 +65,30 @@ def test_missing_table_is_one_line_exit_2(tmp_path):
     with contextlib.redirect_stderr(err):
         assert report.main(["--manifest", str(manifest), "--work", str(tmp_path / "nothing")]) == 2
     assert "make table" in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
+
+
+def test_the_report_renders_the_table_written_with_out(built, tmp_path):
+    """`classify.table --out X` then `classify.report --table X`: the page shows X's table and
+    figures, not the work folder's default table."""
+    work, manifest = built["work"], built["manifest"]
+    elsewhere, page_dir = tmp_path / "tables" / "dmver", tmp_path / "page"
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        assert tbl.main(["--manifest", str(manifest), "--work", str(work), "--seeds", "1", "--dataset", "dmver",
+                         "--out", str(elsewhere)]) == 0
+        assert report.main(["--manifest", str(manifest), "--work", str(work), "--table", str(elsewhere),
+                            "--out", str(page_dir)]) == 0
+    html = (page_dir / "index.html").read_text(encoding="utf-8")
+    assert "RGB published" in html and "61.67" in html  # only the --dataset dmver table has these
+    assert "RGB published" not in built["page"].read_text(encoding="utf-8")
+    for name in ("confusion_joint.png", "per_class_recall.png"):
+        assert (page_dir / name).read_bytes() == (elsewhere / name).read_bytes()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert report.main(["--manifest", str(manifest), "--work", str(work), "--table", str(tmp_path / "none"),
+                            "--out", str(tmp_path / "page2")]) == 2
+    assert str(tmp_path / "none" / "table.json") in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
+    assert not (tmp_path / "page2").exists()
 
 
 @pytest.fixture

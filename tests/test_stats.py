@@ -67,3 +67,23 @@ def test_mcnemar_exact_against_a_hand_computed_case():
     big_b = ~big_a
     from scipy.stats import binomtest
     assert stats.mcnemar_exact(big_a, big_b)["p"] == pytest.approx(binomtest(401, 1001, 0.5).pvalue, rel=1e-9)
+
+
+def test_bootstrap_and_run_metrics_share_one_implementation():
+    """A resample's metrics come from the same function as a run's metrics.json: one resample that
+    draws every video once gives exactly `classification_metrics`' numbers."""
+    from classify import metrics
+
+    assert stats.metric_from_confusion is metrics.metric_from_confusion
+    rng = np.random.default_rng(3)
+    names = ["a", "b", "c", "d"]
+    for n in (1, 7, 60):
+        y, pred = rng.integers(0, 4, n), rng.integers(0, 4, n)
+        pred[: n // 3] = 0  # some classes never predicted, or never true
+        m = metrics.classification_metrics(y, pred, names)
+        cm = metrics.confusion_matrix(y, pred, 4)
+        assert m["confusion_matrix"] == cm.tolist()
+        batch = np.stack([cm, cm])  # [2, K, K]
+        for metric in metrics.METRICS:
+            assert m[metric] == metrics.metric_from_confusion(cm, metric)
+            assert metrics.metric_from_confusion(batch, metric).tolist() == [m[metric]] * 2

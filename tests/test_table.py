@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classify import table as tbl
+from classify import published, table as tbl
 from features import cache
 from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
@@ -113,13 +113,14 @@ def test_footer_states_the_settings(full):
 
 
 def test_published_numbers_only_for_known_datasets(full):
-    # FACTS.md section 2: DMVER ConvNet+LSTM 37.91; I3D 54.02 / 59.03 / 61.67; Audio+I3D 54.02 / 46.42 / 62.41
+    # the DMVER README's table: DMVER ConvNet+LSTM 37.91; I3D 54.02 / 59.03 / 61.67; Audio+I3D 54.02 / 46.42 / 62.41
     table = full["json"]
     assert cell(table, "ConvNet+LSTM", "RGB")["published_accuracy_percent"] == 37.91
     assert cell(table, "I3D", "Flow/Audio")["published_accuracy_percent"] == 59.03
     assert cell(table, "Audio+I3D", "Joint")["published_accuracy_percent"] == 62.41
     md = (full["out"] / "table.md").read_text(encoding="utf-8")
-    assert "RGB published" in md and "| 61.67 |" in md and "FACTS.md section 2" in md
+    assert "RGB published" in md and "| 61.67 |" in md and published.SOURCE in md and "FACTS" not in md
+    assert table["published_source"] == published.SOURCE == "the DMVER dataset README (its results table)"
 
     run_dir = Path(cell(table, "I3D", "RGB")["runs"][0])
     before = (run_dir / "metrics.json").stat().st_mtime_ns
