@@ -59,6 +59,7 @@ videos), IEMOCAP (4,000) and stay usable on a 36-video sample (early stopping do
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -218,6 +219,7 @@ class _JointHead(ClassifierMixin, BaseEstimator):
         best, best_state, stale = math.inf, None, 0
         self.history_ = []
         for epoch in range(1, self.max_epochs + 1):
+            started = time.perf_counter()
             self.net_.train()
             order, total = torch.randperm(len(yt), generator=gen), 0.0
             for a in range(0, len(order), batch):
@@ -234,6 +236,7 @@ class _JointHead(ClassifierMixin, BaseEstimator):
                 logits = self._logits(val)
                 record["val_loss"] = float(loss_fn(logits, yv))
                 record["val_accuracy"] = float((logits.argmax(1) == yv).float().mean())
+            record["seconds"] = round(time.perf_counter() - started, 3)
             self.history_.append(record)
             if self.verbose:
                 print(record, flush=True)

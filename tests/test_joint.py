@@ -21,16 +21,16 @@ COLOUR = _PROTO.standard_normal((3, 8)).astype(np.float32)
 TONE = _PROTO.standard_normal((3, 6)).astype(np.float32)
 
 
-def pairing_task(n, seed, missing_tone=0.0, missing_colour=0.0, classes=(0, 1, 2)):
+def pairing_task(n, seed, missing_tone=0.0, missing_colour=0.0):
     """Class 0: red + low or blue + high; class 1: red + high or blue + low; class 2: green and the
-    distinct tone (either modality alone shows it). Each video: 3-6 noisy colour steps of 8
-    values and 2-4 noisy tone steps of 6 values, zero-padded to 6 and 4 steps; a fraction of
-    the videos lack the tone (or the colour: length 0, all zeros)."""
+    distinct tone (either modality alone shows it). The six (class, colour) cases come equally
+    often, so one modality alone can be right on 2/3 of the videos at most. Each video: 3-6
+    noisy colour steps of 8 values and 2-4 noisy tone steps of 6 values, zero-padded to 6 and 4
+    steps; a fraction of the videos lack the tone (or the colour: length 0, all zeros)."""
     rng = np.random.default_rng(seed)
-    y = rng.choice(classes, n)
-    colour = rng.integers(0, 2, n)
-    tone = colour ^ (y == 1)
-    colour[y == 2], tone[y == 2] = 2, 2
+    cases = np.array([(0, 0), (0, 1), (1, 0), (1, 1), (2, 2), (2, 2)])[rng.permutation(np.arange(n) % 6)]
+    y, colour = cases[:, 0], cases[:, 1]
+    tone = np.where(y == 2, 2, colour ^ (y == 1))
     la, lb = rng.integers(3, 7, n), rng.integers(2, 5, n)
     gone = rng.random(n)
     lb[gone < missing_tone] = 0
@@ -80,8 +80,8 @@ def test_joint_heads_learn_a_pairing_that_single_modalities_and_late_fusion_cann
     joint = {rule: accuracy(head, task["test"]) for rule, head in fitted.items()}
     print(f"single {single}, late mean {late:.3f}, joint {joint}")
     for m, acc in single.items():
-        assert 0.55 <= acc <= 0.75, (m, acc)  # class 2 right, classes 0 and 1 a coin toss: 2/3
-    assert late <= 0.75, late
+        assert 0.6 <= acc <= 0.7, (m, acc)  # class 2 right, classes 0 and 1 a coin toss: 2/3
+    assert late <= 0.7, late
     for rule in JOINT_RULES:
         assert joint[rule] >= 0.85, (rule, joint)
         assert joint[rule] >= late + 0.15, (rule, joint, late)
@@ -117,6 +117,10 @@ def test_padding_and_absent_modalities_are_never_read(task, fitted, rule):
     wider = {m: (np.concatenate([x, np.zeros((len(x), 5, x.shape[2]), np.float32)], 1), lengths)
              for m, (x, lengths) in X.items()}
     np.testing.assert_allclose(head.predict_proba(wider), p, rtol=0, atol=1e-5)
+    # nor do the other videos of the call (how wide their batch is padded, which ones lack what)
+    for i in range(0, 120, 12):
+        alone = {m: (x[i:i + 1], lengths[i:i + 1]) for m, (x, lengths) in X.items()}
+        np.testing.assert_allclose(head.predict_proba(alone), p[i:i + 1], rtol=0, atol=1e-5)
     # a modality no video has may be left out altogether
     Xn, _ = task["no_tone"]
     np.testing.assert_allclose(head.predict_proba({"colour": Xn["colour"]}), head.predict_proba(Xn), rtol=0, atol=1e-6)
