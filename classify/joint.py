@@ -31,6 +31,7 @@ a named `__init__` argument, stored as given and checked only by `fit`):
     proba = head.predict_proba(X_test)                      # float64 [n, K], rows sum to 1
     head.predict(X_test); head.score(X_test, y_test)
     missing_counts(X)                                       # {"audio": 412, ...} videos lacking each
+    X = gather({"rgb": cache.load(W, "rgb"), ...}, ids)      # X for a split from loaded caches
 
 Every video of X must have at least one modality. The modalities are the keys of the training
 X, in that order (`modalities_`); at prediction a key may be left out (no video has it) but none
@@ -74,6 +75,23 @@ CHUNK = 2048  # videos standardised at a time (bounds the temporary copies on DM
 def missing_counts(X: Mapping) -> dict[str, int]:
     """How many videos lack each modality (length 0): `{modality: count}`, for a run's output."""
     return {m: int((np.asarray(pair[1]) == 0).sum()) for m, pair in X.items()}
+
+
+def gather(features: Mapping, ids: list[str]) -> dict:
+    """X for the videos `ids` (in that order) from each modality's loaded cache: `features` maps
+    a modality to anything with `.ids`, `.x [n, L, D]` and `.lengths` (`features.cache.Features`).
+    A video absent from a modality's cache gets length 0 (and zeros) there."""
+    out = {}
+    for m, f in features.items():
+        where = {v: i for i, v in enumerate(f.ids)}
+        idx = np.array([where.get(v, -1) for v in ids], dtype=np.int64)
+        has = idx >= 0
+        x = np.zeros((len(ids),) + tuple(f.x.shape[1:]), np.float32)
+        lengths = np.zeros(len(ids), np.int64)
+        x[has] = f.x[idx[has]]
+        lengths[has] = np.asarray(f.lengths)[idx[has]]
+        out[m] = (x, lengths)
+    return out
 
 
 def check_inputs(X, what: str, modalities: list[str] | None = None, dims: dict | None = None) -> dict:
@@ -356,9 +374,9 @@ class TensorFusion(_PooledInputs, _JointHead):
 class CrossAttentionFusion(_JointHead):
     """`xattn`: a small cross-modal transformer over the modalities' (time-pooled) sequences."""
 
-    def __init__(self, width: int = 32, heads: int = 4, layers: int = 1, ff: int = 64, max_steps: int = 16,
+    def __init__(self, width: int = 32, heads: int = 2, layers: int = 1, ff: int = 64, max_steps: int = 16,
                  dropout: float = 0.1, modality_dropout: float = 0.15, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 batch_size: int | None = None, max_epochs: int = 40, patience: int = 4,
+                 batch_size: int | None = None, max_epochs: int = 30, patience: int = 4,
                  class_weight: str | None = "balanced", threads: int | None = 1, seed: int = 0, verbose: bool = False):
         self.width, self.heads, self.layers, self.ff, self.max_steps = width, heads, layers, ff, max_steps
         self.dropout, self.modality_dropout, self.lr, self.weight_decay = dropout, modality_dropout, lr, weight_decay

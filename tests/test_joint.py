@@ -11,8 +11,9 @@ from sklearn.base import clone
 
 from classify import joint_nets
 from classify.heads import make_head
-from classify.joint import (JOINT_RULES, CrossAttentionFusion, EarlyFusion, TensorFusion, make_joint,
+from classify.joint import (JOINT_RULES, CrossAttentionFusion, EarlyFusion, TensorFusion, gather, make_joint,
                             missing_counts)
+from features.cache import Features
 
 ESTIMATORS = (EarlyFusion, TensorFusion, CrossAttentionFusion)
 # the same prototypes in every split: colour red, blue, green; tone low, high, and a distinct one
@@ -191,6 +192,18 @@ def test_missing_counts():
     X, _ = pairing_task(50, 5, missing_tone=0.3)
     assert missing_counts(X) == {"colour": 0, "tone": int((X["tone"][1] == 0).sum())}
     assert missing_counts(X)["tone"] > 0
+
+
+def test_gather_aligns_modalities_by_video_id():
+    rng = np.random.default_rng(0)
+    rgb = Features(["a", "b", "c"], rng.standard_normal((3, 4, 5)).astype(np.float32), np.array([4, 2, 3]))
+    audio = Features(["c", "a"], rng.standard_normal((2, 6, 2)).astype(np.float32), np.array([5, 6]))
+    X = gather({"rgb": rgb, "audio": audio}, ["c", "b", "a"])
+    np.testing.assert_array_equal(X["rgb"][0], rgb.x[[2, 1, 0]])
+    np.testing.assert_array_equal(X["rgb"][1], [3, 2, 4])
+    np.testing.assert_array_equal(X["audio"][0], np.stack([audio.x[0], np.zeros((6, 2)), audio.x[1]]))
+    np.testing.assert_array_equal(X["audio"][1], [5, 0, 6])
+    assert missing_counts(X) == {"rgb": 0, "audio": 1}
 
 
 def test_a_fitted_head_pickles(task, fitted):
