@@ -10,9 +10,9 @@ import torch
 from sklearn.base import clone
 
 from classify import joint_nets
-from classify.heads import make_head
+from classify.heads import make_head, time_pool
 from classify.joint import (JOINT_RULES, CrossAttentionFusion, EarlyFusion, TensorFusion, gather, make_joint,
-                            missing_counts)
+                            missing_counts, window_pool)
 from features.cache import Features
 
 ESTIMATORS = (EarlyFusion, TensorFusion, CrossAttentionFusion)
@@ -112,6 +112,7 @@ def test_padding_and_absent_modalities_are_never_read(task, fitted, rule):
         noisy = x.copy()
         pad = np.arange(x.shape[1])[None, :] >= lengths[:, None]  # includes every step of an absent modality
         noisy[pad] = 100 * rng.standard_normal((int(pad.sum()), x.shape[2]))
+        noisy[pad.nonzero()[0][:3], pad.nonzero()[1][:3]] = [[np.nan], [np.inf], [-np.inf]]
         garbage[m] = (noisy, lengths)
     assert (X["tone"][1] == 0).sum() > 5
     np.testing.assert_allclose(head.predict_proba(garbage), p, rtol=0, atol=1e-5)
@@ -278,3 +279,26 @@ def test_tensor_fusion_takes_the_low_rank_form_for_many_modalities():
     assert auto4.fusion_rank() == 3 and not hasattr(auto4.net_, "tensor_map")  # 17 ** 4 would be 83,521
     assert TensorFusion(max_epochs=1, form="low_rank", rank=2).fit(X, y).fusion_rank() == 2
     assert TensorFusion(max_epochs=1, form="full").fit(four, y).net_.tensor_map.in_features == 17 ** 4
+
+
+def test_window_pooling_averages_valid_steps_whatever_the_padding():
+    rng = np.random.default_rng(0)
+    lengths = np.array([12, 7, 1, 0, 9])
+    x = rng.standard_normal((5, 12, 3)).astype(np.float32)
+    pooled, steps = window_pool(x, lengths, 3)
+    expected, expected_steps = time_pool(x, lengths, 4)  # windows of 3 too
+    np.testing.assert_allclose(pooled, expected, atol=1e-6)
+    np.testing.assert_array_equal(steps, expected_steps)
+    junk = x.copy()
+    junk[1, 7:] = np.nan
+    np.testing.assert_allclose(window_pool(junk, lengths, 3)[0][1], pooled[1], atol=1e-6)
+
+
+def test_cross_attention_pools_long_sequences_with_the_training_window():
+    X, y = pairing_task(60, 50, missing_tone=0.2)
+    head = CrossAttentionFusion(max_steps=2, max_epochs=2).fit(X, y)
+    assert head.window_ == {"colour": 3, "tone": 2}
+    p = head.predict_proba(X)
+    for i in range(0, 60, 7):
+        alone = {m: (x[i:i + 1], lengths[i:i + 1]) for m, (x, lengths) in X.items()}
+        np.testing.assert_allclose(head.predict_proba(alone), p[i:i + 1], rtol=0, atol=1e-5)
