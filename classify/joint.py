@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -252,7 +253,7 @@ class _JointHead(ClassifierMixin, BaseEstimator):
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         batch = self.batch_size or min(512, max(8, len(yt) // 10))
         best, best_state, stale = math.inf, None, 0
-        self.history_ = []
+        self.history_, self.best_epoch_ = [], 0  # 0: no epoch ever improved (a diverged run)
         for epoch in range(1, self.max_epochs + 1):
             started = time.perf_counter()
             self.net_.train()
@@ -428,13 +429,9 @@ class CrossAttentionFusion(_JointHead):
         for m, (x, lengths) in X.items():
             width = max(1, -(-int(lengths.max()) // self.window_[m]) * self.window_[m])
             pooled, steps = window_pool(x[:, :width], lengths, self.window_[m])  # steps beyond every video dropped
-            mean, std = self.scale_[m]
-            # a window of 1 returns the caller's array: never write into it
-            out = pooled if self.window_[m] > 1 else np.empty(pooled.shape, np.float32)
-            for a in range(0, len(pooled), CHUNK):
-                keep = np.arange(pooled.shape[1])[None, :, None] < steps[a:a + CHUNK, None, None]
-                out[a:a + CHUNK] = np.where(keep, (pooled[a:a + CHUNK] - mean) / std, 0.0)
-            feats.append(torch.from_numpy(out))
+            with warnings.catch_warnings():  # a read-only (memory-mapped) cache: torch only reads it
+                warnings.filterwarnings("ignore", message=".*not writable.*")
+                feats.append(torch.from_numpy(pooled))  # standardised batch by batch in the network
             lengths_out.append(torch.from_numpy(steps))
         present = torch.from_numpy(np.stack([lengths > 0 for _, lengths in X.values()], axis=1))
         return nets.Inputs(feats, lengths_out, present)
@@ -442,8 +439,8 @@ class CrossAttentionFusion(_JointHead):
     def _build(self):
         from classify import joint_nets as nets
 
-        return nets.CrossNet([self.dims_[m] for m in self.modalities_], self.width, self.heads, self.layers, self.ff,
-                             self.n_classes_, self.dropout)
+        return nets.CrossNet([self.dims_[m] for m in self.modalities_], [self.scale_[m] for m in self.modalities_],
+                             self.width, self.heads, self.layers, self.ff, self.n_classes_, self.dropout)
 
 
 _HEADS = {"early": EarlyFusion, "tfn": TensorFusion, "xattn": CrossAttentionFusion}

@@ -2,6 +2,7 @@
 the scikit-learn estimator contract, seeding, bad input."""
 import io
 import inspect
+import warnings
 
 import joblib
 import numpy as np
@@ -126,6 +127,13 @@ def test_padding_and_absent_modalities_are_never_read(task, fitted, rule):
     # a modality no video has may be left out altogether
     Xn, _ = task["no_tone"]
     np.testing.assert_allclose(head.predict_proba({"colour": Xn["colour"]}), head.predict_proba(Xn), rtol=0, atol=1e-6)
+    # read-only arrays (a memory-mapped cache) are read as they are, without a warning
+    frozen = {m: (x.copy(), lengths) for m, (x, lengths) in X.items()}
+    for x, _ in frozen.values():
+        x.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(head.predict_proba(frozen), p)
     # the caller's arrays are left as they were
     before = {m: x.copy() for m, (x, _) in X.items()}
     head.predict_proba(X)
