@@ -59,12 +59,13 @@ absent vectors) would be pulled to zero at the full learning rate. Defaults aim 
 training videos), IEMOCAP (4,000) and stay usable on a 36-video sample (early stopping decides).
 
 Cost, measured on synthetic features of DMVER's shapes (19,000 train, 6,300 val and 6,300 test
-videos; rgb and flow [10, 1024], audio [15, 128], text [1, 384]), one seed, one thread: about
-2 (early), 0.7 (tfn) and 6 (xattn) CPU seconds per epoch, training and validation, and a few
-seconds to prepare and to predict val and test. At the epoch caps (`max_epochs` 40, 40, 30) five
-seeds take at most about 7, 3 and 16 CPU minutes; on the shared 2-core machine under a load
-average of 15, wall time was 4 times that (xattn stopped after 6 epochs: 13 minutes for five
-seeds). Halving xattn's `max_steps` to 8 halves its cost.
+videos; rgb and flow [10, 1024], audio [15, 128], text [1, 384]), one seed, one thread, on the
+shared 2-core machine under a load average of about 8: an epoch (training and validation) took
+about 2.9 s (early), 1.1 s (tfn) and 12 s (xattn); the fits stopped early after 5, 12 and 6
+epochs (23, 18 and 79 s) and predicting val and test took 2 to 4 s: five seeds in 2, 1.5 and 7
+minutes. At the epoch caps (`max_epochs` 40, 40, 25) five seeds would take at most about 10, 4
+and 26 minutes under that load (CPU time was 45 % of wall time). Halving xattn's `max_steps` to
+8 halves its cost. Memory: the caller's arrays plus about 1.5 GB.
 """
 from __future__ import annotations
 
@@ -395,7 +396,7 @@ class CrossAttentionFusion(_JointHead):
 
     def __init__(self, width: int = 32, heads: int = 2, layers: int = 1, ff: int = 64, max_steps: int = 16,
                  dropout: float = 0.1, modality_dropout: float = 0.15, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 batch_size: int | None = None, max_epochs: int = 30, patience: int = 4,
+                 batch_size: int | None = None, max_epochs: int = 25, patience: int = 4,
                  class_weight: str | None = "balanced", threads: int | None = 1, seed: int = 0, verbose: bool = False):
         self.width, self.heads, self.layers, self.ff, self.max_steps = width, heads, layers, ff, max_steps
         self.dropout, self.modality_dropout, self.lr, self.weight_decay = dropout, modality_dropout, lr, weight_decay
