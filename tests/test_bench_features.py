@@ -3,7 +3,7 @@ import json
 
 from extract import manifest
 from extract.manifest import Video
-from features import bench
+from benchmarks import features as bench
 from tests import videos as tv
 
 

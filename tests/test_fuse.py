@@ -11,7 +11,7 @@ from classify.heads import LSTMHead
 from classify.metrics import classification_metrics
 from classify.train import Labels, RunResult, train_run
 from features import cache
-from features.bench_cache import synthetic_cache, write_synthetic_manifest
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 
 NAMES = ["a", "b", "c"]
 

@@ -1,4 +1,4 @@
-"""`make gpu-check` (features/gpu_check.py) without a GPU: the refusal, and every measuring and
+"""`make gpu-check` (benchmarks/gpu_check.py) without a GPU: the refusal, and every measuring and
 reporting function on the CPU on tiny inputs."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 
 from extract import manifest
 from extract.manifest import Video
-from features import gpu_check, modalities
+from benchmarks import gpu_check
+from features import modalities
 from tests import videos as tv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refus
 
 @no_cuda
 def test_refuses_without_cuda_in_one_line_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "features.gpu_check", "--out", str(tmp_path / "out")],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path / "out")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -18,7 +18,7 @@ from extract import cli, frames, manifest, provenance, stage
 from extract.layout import Work
 from extract.manifest import Video
 from features import backbones, cache
-from features.bench_cache import synthetic_cache, synthetic_videos, write_synthetic_manifest
+from benchmarks.cache import synthetic_cache, synthetic_videos, write_synthetic_manifest
 from features.checkpoints import CheckpointError
 from features.extract import extract_features
 from features.extract import main as features_main

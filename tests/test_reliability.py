@@ -481,7 +481,7 @@ def test_decoding_command_lines_come_from_ffmpeg_python():
 
 def test_bench_reliability_measures_both_costs(media_dir, tmp_path):
     m = manifest.write_manifest(tmp_path / "m.csv", [_video("a", media_dir / "a.mp4"), _video("b", media_dir / "b.mp4")])
-    from extract import bench_reliability
+    from benchmarks import reliability as bench_reliability
 
     assert bench_reliability.main(["--manifest", str(m), "--out", str(tmp_path / "out"), "--repeats", "1",
                                    "--records", "40"]) == 0

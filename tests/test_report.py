@@ -15,7 +15,7 @@ from classify import table as tbl
 from extract import frames
 from extract.layout import Work
 from extract.manifest import read_manifest
-from features.bench_cache import synthetic_cache, write_synthetic_manifest
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 
 N = 75  # 15 test videos
 

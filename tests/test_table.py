@@ -18,7 +18,7 @@ import pytest
 
 from classify import table as tbl
 from features import cache
-from features.bench_cache import synthetic_cache, write_synthetic_manifest
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 
 N = 150  # 30 test videos
 SEEDS = 2

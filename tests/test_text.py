@@ -15,7 +15,7 @@ from classify import fuse as fuse_cli
 from extract import sample
 from extract.manifest import Video, write_manifest
 from features import cache, text
-from features.bench_cache import synthetic_cache, synthetic_videos
+from benchmarks.cache import synthetic_cache, synthetic_videos
 from features.extract import extract_features
 from features.extract import main as features_main
 from tests.killing import kill_when

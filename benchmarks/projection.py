@@ -1,14 +1,14 @@
 """DMVER's extraction cost projected from measured per-video rates.
 
-    python -m features.projection [--bench work/bench-features/bench_features.json]
+    python -m benchmarks.projection [--bench work/bench-features/bench_features.json]
                                   [--gpu work/gpu-check/report.json] [--cores 16]
 
 What it reads, all measured by commands of this repository:
 
-* `make bench-features` (`features.bench`): seconds per video of each stage and backbone on this
+* `make bench-features` (`benchmarks.features`): seconds per video of each stage and backbone on this
   machine at the default geometry, stages with all cores busy, backbones in one process using
   all cores; the text modality per caption;
-* `make gpu-check` (`features.gpu_check`), when its report exists and ran on CUDA: the stages'
+* `make gpu-check` (`benchmarks.gpu_check`), when its report exists and ran on CUDA: the stages'
   and backbones' seconds per video end to end on the GPU machine.
 
 How it projects, for DMVER (FACTS.md: 31,761 videos of about 15 s, 27,010 with a caption):
@@ -97,7 +97,7 @@ def markdown(p: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m features.projection", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.projection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", default="work/bench-features/bench_features.json", help="make bench-features' output")
     parser.add_argument("--gpu", default="work/gpu-check/report.json", help="make gpu-check's report (if any)")
     parser.add_argument("--cores", type=int, default=16)

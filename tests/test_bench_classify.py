@@ -1,7 +1,7 @@
-"""`python -m classify.bench` at smoke-test size: it trains and fuses the whole table and reports."""
+"""`python -m benchmarks.classify` at smoke-test size: it trains and fuses the whole table and reports."""
 import json
 
-from classify import bench
+from benchmarks import classify as bench
 
 
 def test_bench_smoke(tmp_path, capsys):

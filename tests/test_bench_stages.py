@@ -1,4 +1,4 @@
-"""The extraction benchmark (extract.bench): its quick run end to end, and its parts.
+"""The extraction benchmark (benchmarks.stages): its quick run end to end, and its parts.
 
 The quick run is run once per module (about 30-40 s on a loaded 2-core machine) through the
 command line, as `make bench` runs it; the tests then read what it reported and wrote.
@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from extract import bench, flow, frames
+from benchmarks import stages as bench
+from extract import flow, frames
 from extract.manifest import Video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    run = subprocess.run([sys.executable, "-m", "extract.bench", "--quick", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "benchmarks.stages", "--quick", "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, run.stdout, json.loads((out / "report.json").read_text())

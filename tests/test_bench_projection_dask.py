@@ -1,4 +1,4 @@
-"""The README's projection (features/projection.py) and `make bench-dask` (features/bench_dask.py)."""
+"""The README's projection (benchmarks/projection.py) and `make bench-dask` (benchmarks/dask_overhead.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from extract import manifest
 from extract.manifest import Video
-from features import bench_dask, projection
+from benchmarks import dask_overhead as bench_dask, projection
 from tests import videos as tv
 
 ROOT = Path(__file__).resolve().parents[1]
