@@ -11,7 +11,7 @@ What it reads, all measured by commands of this repository:
 * `make gpu-check` (`benchmarks.gpu_check`), when its report exists and ran on CUDA: the stages'
   and backbones' seconds per video end to end on the GPU machine.
 
-How it projects, for DMVER (FACTS.md: 31,761 videos of about 15 s, 27,010 with a caption):
+How it projects, for DMVER (the DMVER dataset README: 31,761 videos of about 15 s, 27,010 with a caption):
 
 * every step costs per video what it cost on the benchmark's videos, except the audio stage and
   the audio backbone, whose work grows with the audio's length: they are scaled by 15 s over

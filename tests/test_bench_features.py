@@ -1,9 +1,9 @@
 """`make bench-features` keeps working: a one-video run at a tiny geometry gives sane figures."""
 import json
 
+from benchmarks import features as bench
 from extract import manifest
 from extract.manifest import Video
-from benchmarks import features as bench
 from tests import videos as tv
 
 

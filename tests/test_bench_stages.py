@@ -6,7 +6,6 @@ command line, as `make bench` runs it; the tests then read what it reported and 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,15 +16,13 @@ import pytest
 from benchmarks import stages as bench
 from extract import flow, frames
 from extract.manifest import Video
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.cli import run_cli
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    run = subprocess.run([sys.executable, "-m", "benchmarks.stages", "--quick", "--out", str(out)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run = run_cli("benchmarks.stages", "--quick", "--out", out, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, run.stdout, json.loads((out / "report.json").read_text())
 

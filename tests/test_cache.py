@@ -1,18 +1,17 @@
 """The HDF5 feature cache: what `load` returns, missing videos, settings checks, crash safety."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from features import cache
+from tests.cli import cli_env
 
 ATTRS = {"backbone": "i3d-rgb", "weights": "weights", "checkpoint": "rgb_imagenet.pt", "sha256": "ab" * 32,
          "num_frames": 16, "size": 112}
@@ -129,7 +128,7 @@ CONSOLIDATE_FOREVER = textwrap.dedent("""
 def test_sigkill_during_consolidation_never_leaves_a_corrupt_cache(tmp_path):
     script = tmp_path / "forever.py"
     script.write_text(CONSOLIDATE_FOREVER)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = cli_env()
     work = tmp_path / "w"
     checked = 0
     for delay in (0.3, 0.55, 0.8):

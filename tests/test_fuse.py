@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 from classify import fuse as fuse_mod
 from classify.fuse import choose_weights, combine, fuse_runs, stack
 from classify.heads import LSTMHead
 from classify.metrics import classification_metrics
 from classify.train import Labels, RunResult, train_run
 from features import cache
-from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 
 NAMES = ["a", "b", "c"]
 

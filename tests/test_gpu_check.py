@@ -3,28 +3,24 @@ reporting function on the CPU on tiny inputs."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks import gpu_check
 from extract import manifest
 from extract.manifest import Video
-from benchmarks import gpu_check
 from features import modalities
 from tests import videos as tv
+from tests.cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 
 
 @no_cuda
 def test_refuses_without_cuda_in_one_line_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path / "out")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = run_cli("benchmarks.gpu_check", "--out", tmp_path / "out", timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "CUDA" in lines[0], done.stderr

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from benchmarks import leakage
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 from classify import fuse as fuse_mod, protocol, table as tbl, train as train_mod
 from classify.train import Labels
-from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 
 
 def grouped_labels(n_groups=40, seed=0, per_group=(1, 5)) -> Labels:
