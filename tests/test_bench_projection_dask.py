@@ -49,6 +49,7 @@ def test_projection_cli_needs_the_benchmark(tmp_path, capsys):
     assert "make bench-features" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_dask_times_every_step_both_ways(tmp_path, monkeypatch):
     sample = tmp_path / "sample"
     sample.mkdir()

@@ -50,6 +50,7 @@ def clips(tmp_path_factory):
     return root, rows, manifest.write_manifest(root / "manifest.csv", rows)
 
 
+@pytest.mark.slow
 def test_flow_check_on_the_cpu_agrees_with_opencv(clips):
     _, rows, _ = clips
     first, second = gpu_check.sample_pairs(rows, 3, 32)
@@ -65,6 +66,7 @@ def test_sample_pairs_says_when_there_are_too_few(clips, tmp_path):
         gpu_check.sample_pairs([broken], 2, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", modalities.names(default_only=True))
 def test_backbone_check_on_the_cpu(modality):
     r = gpu_check.backbone_check(modality, "cpu", compare=1, timed=2, frames_=8, size=32, examples=2)
@@ -73,6 +75,7 @@ def test_backbone_check_on_the_cpu(modality):
     assert r["float32_videos_per_second"] > 0 and r["autocast_videos_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_a_backbone_that_disagrees_fails_its_target(monkeypatch):
     real = gpu_check.backbones.load_backbone
 
@@ -91,6 +94,7 @@ def test_a_backbone_that_disagrees_fails_its_target(monkeypatch):
     assert r["float32_rel"] == pytest.approx(1e-3, rel=1e-3) and not r["pass"]
 
 
+@pytest.mark.slow
 def test_whole_check_on_the_cpu_writes_both_reports(clips, tmp_path):
     _, rows, m = clips
     report = gpu_check.run_checks("cpu", tmp_path / "out", rows, m, budget=600, pairs=2, size=32, batches=(2,),

@@ -473,6 +473,7 @@ def test_decoding_command_lines_come_from_ffmpeg_python():
     assert a[a.index("-map") + 1] == "0:a:0" and a[a.index("-acodec") + 1] == "pcm_f32le"
 
 
+@pytest.mark.slow
 def test_bench_reliability_measures_both_costs(media_dir, tmp_path):
     m = manifest.write_manifest(tmp_path / "m.csv", [_video("a", media_dir / "a.mp4"), _video("b", media_dir / "b.mp4")])
     from benchmarks import reliability as bench_reliability
