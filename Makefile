@@ -55,7 +55,7 @@ GEOMETRY     := --num-frames $(FRAMES) --size $(SIZE) --resize $(RESIZE)
 # Exit code 1 (some videos failed) is reported by the stage and does not stop make.
 PARTIAL_OK   := || [ $$? -eq 1 ]
 
-.PHONY: venv test demo sample frames flow audio features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
+.PHONY: venv test test-all demo sample frames flow audio features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -64,7 +64,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+# test: the suite without the tests marked slow (benchmarks and the GPU check run end to end);
+# test-all: everything (CI runs it). Times: docs/performance.md.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 sample: $(STAMP)
