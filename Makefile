@@ -55,7 +55,7 @@ GEOMETRY     := --num-frames $(FRAMES) --size $(SIZE) --resize $(RESIZE)
 # Exit code 1 (some videos failed) is reported by the stage and does not stop make.
 PARTIAL_OK   := || [ $$? -eq 1 ]
 
-.PHONY: venv test demo sample frames flow audio features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
+.PHONY: venv test test-all demo sample frames flow audio features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -64,7 +64,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+# test: the suite without the tests marked slow (benchmarks and the GPU check run end to end);
+# test-all: everything (CI runs it). Times: docs/performance.md.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 sample: $(STAMP)
@@ -115,29 +120,29 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory report $(DEMO_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m extract.bench
+	$(PY) -m benchmarks.stages
 
 bench-features: $(STAMP)
-	$(PY) -m features.bench
+	$(PY) -m benchmarks.features
 
 bench-cache: $(STAMP)
-	$(PY) -m features.bench_cache
+	$(PY) -m benchmarks.cache
 
 bench-classify: $(STAMP)
-	$(PY) -m classify.bench --jobs $(JOBS) $(CV_ARGS)
+	$(PY) -m benchmarks.classify --jobs $(JOBS) $(CV_ARGS)
 
 # bench-dask: the Dask path against the local one, same videos and cores (work/bench-dask/bench_dask.json).
 bench-dask: $(STAMP)
-	$(PY) -m features.bench_dask
+	$(PY) -m benchmarks.dask_overhead
 
 # projection: DMVER's cost from the measured per-video rates (bench-features; gpu-check's report when there is one).
 projection: $(STAMP)
-	$(PY) -m features.projection
+	$(PY) -m benchmarks.projection
 
 # gpu-check: every CUDA path measured in at most 5 minutes on one GPU (work/gpu-check/report.json, .md);
 # refuses (exit 2) without CUDA.
 gpu-check: $(STAMP)
-	$(PY) -m features.gpu_check --out work/gpu-check --jobs $(JOBS) \
+	$(PY) -m benchmarks.gpu_check --out work/gpu-check --jobs $(JOBS) \
 	  --weights $$( [ -f $(WEIGHTS)/rgb_imagenet.pt ] && echo $(WEIGHTS) || echo random )
 
 clean-demo:

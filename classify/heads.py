@@ -27,7 +27,7 @@ validation split, for early stopping):
 Why the LSTM is small. The published ConvNet+LSTM trained LSTM(512) on ResNet-18 features end
 to end; here the backbones are frozen and the head only has to read a short sequence of good
 features, and the whole table (4 modalities x 5 seeds on 31,761 videos, `python -m
-classify.bench`) has to train in under 10 minutes on 2 shared CPU cores. So: inputs are
+benchmarks.classify`) has to train in under 10 minutes on 2 shared CPU cores. So: inputs are
 projected to 64 dimensions before the LSTM (the 1024 -> d projection is the biggest cost per
 step: 128 took 1.7x as long per epoch with no better accuracy on the synthetic bench), the LSTM
 has 64 hidden units, long sequences are average-pooled in time to at most 16 steps (rgb2d's 79

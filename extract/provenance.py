@@ -94,7 +94,7 @@ def stale_reason(out: str | os.PathLike, video: Video, source: dict | None = Non
     changed" (another file, or the same file modified, or other clip bounds).
 
     Costs a `stat` of the output and of the source and one small read: about 1 s for 31,761
-    videos from the page cache on the 2-core build machine (`python -m extract.bench_reliability`).
+    videos from the page cache on the 2-core build machine (`python -m benchmarks.reliability`).
     The feature stage uses it to check that the stage output it reads is current."""
     out = os.fspath(out)
     try:

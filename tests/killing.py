@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.cli import start_cli
 
 
-def kill_when(args: Sequence[str], ready: Callable[[], bool], timeout: float = 180.0, poll: float = 0.005) -> None:
-    """Start `args` in the repository root and SIGKILL it as soon as `ready()` holds (or at the
-    deadline); returns once the process is gone."""
-    proc = subprocess.Popen(list(args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_when(module: str, *args: object, ready: Callable[[], bool], timeout: float = 180.0,
+              poll: float = 0.005) -> None:
+    """Start `python -m module args...` (tests.cli.start_cli) and SIGKILL it as soon as `ready()`
+    holds (or at the deadline); returns once the process is gone."""
+    proc = start_cli(module, *args)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None and not ready():
         time.sleep(poll)

@@ -1,10 +1,14 @@
 """`make bench-features` keeps working: a one-video run at a tiny geometry gives sane figures."""
 import json
 
+import pytest
+
+from benchmarks import features as bench
 from extract import manifest
 from extract.manifest import Video
-from features import bench
 from tests import videos as tv
+
+pytestmark = pytest.mark.slow  # each test runs the benchmark end to end
 
 
 def test_bench_features_reports_every_stage_and_backbone(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from extract.layout import file_key
 from features import cache
+from tests.cli import cli_env
 
 ATTRS = {"backbone": "i3d-rgb", "weights": "weights", "checkpoint": "rgb_imagenet.pt", "sha256": "ab" * 32,
          "num_frames": 16, "size": 112}
@@ -224,7 +224,7 @@ CONSOLIDATE_FOREVER = textwrap.dedent("""
 def test_sigkill_during_consolidation_never_leaves_a_corrupt_cache(tmp_path):
     script = tmp_path / "forever.py"
     script.write_text(CONSOLIDATE_FOREVER)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = cli_env()
     work = tmp_path / "w"
     checked = 0
     for delay in (0.3, 0.55, 0.8):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,9 +18,9 @@ from extract.manifest import Video
 from features import cache, distributed, modalities
 from features.extract import extract_features
 from tests import videos as tv
-from tests.workdirs import run_all_stages
+from tests.cli import cli_env, run_cli, start_cli
+from tests.workdirs import copy_stages, run_all_stages
 
-ROOT = Path(__file__).resolve().parents[1]
 T, S = 8, 32
 CAPTIONS = ["best day ever #sun", "", "so sad today", "@x https://t.co/a angry again", "calm evening", "ok", "", "wow"]
 
@@ -32,9 +30,8 @@ def cluster():
     """Two single-threaded worker processes; they import this checkout (PYTHONPATH inherited)."""
     from dask.distributed import LocalCluster
 
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = path
+    os.environ["PYTHONPATH"] = cli_env()["PYTHONPATH"]
     try:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
             yield c
@@ -57,15 +54,6 @@ def dataset(tmp_path_factory):
     return root, m, w, rows
 
 
-def _copy_stages(src: Path, dst: Path) -> Path:
-    """A second work folder holding the same stage outputs (provenance records stay valid)."""
-    import shutil
-
-    for name in ("frames", "flow", "audio"):
-        shutil.copytree(src / name, dst / name, copy_function=shutil.copy2)
-    return dst
-
-
 def _same_cache(a: Path, b: Path, modality: str) -> None:
     fa, fb = cache.load(a, modality), cache.load(b, modality)
     assert fa.ids == fb.ids
@@ -81,7 +69,7 @@ def _same_cache(a: Path, b: Path, modality: str) -> None:
 def test_dask_cache_equals_the_local_one(dataset, cluster, tmp_path, modality):
     _, _, w, rows = dataset
     local = extract_features(modality, rows, w, weights="random", device="cpu", loaders=0)
-    here = _copy_stages(w, tmp_path / "work")
+    here = copy_stages(w, tmp_path / "work")
     s = extract_features(modality, rows, here, weights="random", device="cpu", backend="dask",
                          scheduler=cluster.scheduler_address, task_videos=3)
     _same_cache(w, here, modality)
@@ -97,7 +85,7 @@ def test_each_worker_loads_its_backbone_once(dataset, cluster, tmp_path):
     with Client(cluster.scheduler_address) as client:
         before = client.run(lambda: distributed.loads)
         for i in range(2):  # a second run on the same cluster reuses the workers' backbones
-            extract_features("rgb2d", rows, _copy_stages(w, tmp_path / f"w{i}"), weights="random", seed=7,
+            extract_features("rgb2d", rows, copy_stages(w, tmp_path / f"w{i}"), weights="random", seed=7,
                              device="cpu", backend="dask", scheduler=cluster.scheduler_address, task_videos=1)
         after = client.run(lambda: distributed.loads)
     built = {addr: after[addr] - before.get(addr, 0) for addr in after}
@@ -106,7 +94,7 @@ def test_each_worker_loads_its_backbone_once(dataset, cluster, tmp_path):
 
 def test_batches_are_published_under_the_claim_and_refused_after_a_reclaim(dataset, tmp_path):
     _, _, w, rows = dataset
-    here = _copy_stages(w, tmp_path / "work")
+    here = copy_stages(w, tmp_path / "work")
     key = distributed.BackboneKey.make("audio", "random", "cpu", 0, None, {})
     attrs = distributed._attributes_task(key, here)
     with cache.ShardWriter(here, "audio", attrs) as writer:
@@ -140,7 +128,7 @@ def test_a_worker_killed_mid_run_loses_only_its_batch(dataset, cluster, tmp_path
 
     _, _, w, rows = dataset
     extract_features("rgb", rows, w, weights="random", device="cpu", loaders=0)
-    here = _copy_stages(w, tmp_path / "work")
+    here = copy_stages(w, tmp_path / "work")
     with Client(cluster.scheduler_address) as client:
         pids = client.run(os.getpid)
     killer = _kill_a_worker_when_the_first_shard_lands(cache.shard_dir(here, "rgb"), pids)
@@ -162,7 +150,7 @@ def test_a_batch_lost_for_good_fails_the_run_and_the_rerun_finishes_it(dataset, 
 
     _, _, w, rows = dataset
     extract_features("rgb2d", rows, w, weights="random", device="cpu", loaders=0)
-    here = _copy_stages(w, tmp_path / "work")
+    here = copy_stages(w, tmp_path / "work")
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as strict, \
             Client(strict) as client:
@@ -181,12 +169,10 @@ def test_a_batch_lost_for_good_fails_the_run_and_the_rerun_finishes_it(dataset, 
 def test_a_killed_client_run_resumes_to_the_same_cache(dataset, cluster, tmp_path):
     root, m, w, rows = dataset
     extract_features("flow", rows, w, weights="random", device="cpu", loaders=0)
-    here = _copy_stages(w, tmp_path / "work")
-    args = [sys.executable, "-m", "features.extract", "--modality", "flow", "--manifest", str(m), "--work", str(here),
-            "--weights", "random", "--device", "cpu", "--backend", "dask", "--scheduler", cluster.scheduler_address,
-            "--task-videos", "1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    here = copy_stages(w, tmp_path / "work")
+    args = ["--modality", "flow", "--manifest", str(m), "--work", str(here), "--weights", "random", "--device", "cpu",
+            "--backend", "dask", "--scheduler", cluster.scheduler_address, "--task-videos", "1"]
+    proc = start_cli("features.extract", *args)
     shards = cache.shard_dir(here, "flow")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(shards.glob("*.npy"))) < 1:
@@ -195,7 +181,7 @@ def test_a_killed_client_run_resumes_to_the_same_cache(dataset, cluster, tmp_pat
     proc.wait()
     assert len(list(shards.glob("*.npy"))) < len(rows) - 1, "the kill should land mid-run"
     assert not cache.cache_path(here, "flow").exists()
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = run_cli("features.extract", *args)
     assert done.returncode == 0, done.stderr  # the broken video failed upstream: recorded as missing
     assert "Dask worker" in done.stdout
     _same_cache(w, here, "flow")
@@ -205,11 +191,9 @@ def test_a_killed_client_run_resumes_to_the_same_cache(dataset, cluster, tmp_pat
 
 def test_cli_dask_errors_are_one_line_exit_2(dataset, cluster, tmp_path):
     _, m, w, _ = dataset
-    here = _copy_stages(w, tmp_path / "work")
-    err = subprocess.run([sys.executable, "-m", "features.extract", "--modality", "rgb", "--manifest", str(m),
-                          "--work", str(here), "--weights", str(tmp_path / "none"), "--backend", "dask",
-                          "--scheduler", cluster.scheduler_address],
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    here = copy_stages(w, tmp_path / "work")
+    err = run_cli("features.extract", "--modality", "rgb", "--manifest", m, "--work", here,
+                  "--weights", tmp_path / "none", "--backend", "dask", "--scheduler", cluster.scheduler_address)
     assert err.returncode == cli.EXIT_RUN_FAILED
     lines = err.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "rgb_imagenet.pt" in lines[0], err.stderr

@@ -1,8 +1,6 @@
 """The feature stage end to end: stage outputs -> backbones -> HDF5 cache, with missing videos and resume."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,9 +13,9 @@ from features import backbones, cache, inputs
 from features.extract import extract_features, main
 from tests import videos as tv
 from tests.workdirs import run_all_stages
+from tests.cli import run_cli
 from tests.killing import kill_when
 
-ROOT = Path(__file__).resolve().parents[1]
 T, S = 8, 32
 
 
@@ -93,14 +91,14 @@ def test_killed_feature_run_resumes_to_the_same_cache(tmp_path):
     settings = frames.FrameSettings(num_frames=16, size=96)
     for w in (tmp_path / "killed", tmp_path / "clean"):
         stage.run_stage(frames.STAGE, rows, w, settings, jobs=1)
-    args = [sys.executable, "-m", "features.extract", "--modality", "rgb", "--manifest", str(m),
-            "--weights", "random", "--device", "cpu", "--loaders", "0"]
+    args = ["--modality", "rgb", "--manifest", str(m), "--weights", "random", "--device", "cpu", "--loaders", "0"]
     shards = cache.shard_dir(tmp_path / "killed", "rgb")
-    kill_when([*args, "--work", str(tmp_path / "killed")], lambda: len(cache.shard_files(shards)) >= 2)
+    kill_when("features.extract", *args, "--work", tmp_path / "killed",
+              ready=lambda: len(cache.shard_files(shards)) >= 2)
     assert 0 < len(cache.shard_files(shards)) < len(rows), "the kill should land mid-run"
     assert not cache.cache_path(tmp_path / "killed", "rgb").exists()
     for w in ("killed", "clean"):
-        assert subprocess.run([*args, "--work", str(tmp_path / w)], cwd=ROOT, capture_output=True).returncode == 0
+        assert run_cli("features.extract", *args, "--work", tmp_path / w).returncode == 0
     a, b = cache.load(tmp_path / "killed", "rgb"), cache.load(tmp_path / "clean", "rgb")
     assert a.ids == b.ids
     np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-6)

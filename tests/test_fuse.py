@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 from classify import fuse as fuse_mod
 from classify.fuse import choose_weights, combine, fuse_runs, stack
 from classify.heads import LSTMHead
@@ -12,7 +13,6 @@ from classify.metrics import classification_metrics
 from classify.data import Labels
 from classify.train import RunResult, train_run
 from features import cache
-from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
 NAMES = ["a", "b", "c"]
 

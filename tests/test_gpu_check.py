@@ -1,29 +1,26 @@
-"""`make gpu-check` (features/gpu_check.py) without a GPU: the refusal, and every measuring and
+"""`make gpu-check` (benchmarks/gpu_check.py) without a GPU: the refusal, and every measuring and
 reporting function on the CPU on tiny inputs."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks import gpu_check
 from extract import manifest
 from extract.manifest import Video
-from features import gpu_check, modalities
+from features import modalities
 from tests import videos as tv
+from tests.cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 
 
 @no_cuda
 def test_refuses_without_cuda_in_one_line_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "features.gpu_check", "--out", str(tmp_path / "out")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = run_cli("benchmarks.gpu_check", "--out", tmp_path / "out", timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "CUDA" in lines[0], done.stderr
@@ -53,6 +50,7 @@ def clips(tmp_path_factory):
     return root, rows, manifest.write_manifest(root / "manifest.csv", rows)
 
 
+@pytest.mark.slow
 def test_flow_check_on_the_cpu_agrees_with_opencv(clips):
     _, rows, _ = clips
     first, second = gpu_check.sample_pairs(rows, 3, 32)
@@ -68,6 +66,7 @@ def test_sample_pairs_says_when_there_are_too_few(clips, tmp_path):
         gpu_check.sample_pairs([broken], 2, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", modalities.names(default_only=True))
 def test_backbone_check_on_the_cpu(modality):
     r = gpu_check.backbone_check(modality, "cpu", compare=1, timed=2, frames_=8, size=32)
@@ -76,6 +75,7 @@ def test_backbone_check_on_the_cpu(modality):
     assert r["float32_videos_per_second"] > 0 and r["autocast_videos_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_a_backbone_that_disagrees_fails_its_target(monkeypatch):
     real = gpu_check.backbones.load_backbone
 
@@ -94,6 +94,7 @@ def test_a_backbone_that_disagrees_fails_its_target(monkeypatch):
     assert r["float32_rel"] == pytest.approx(1e-3, rel=1e-3) and not r["pass"]
 
 
+@pytest.mark.slow
 def test_whole_check_on_the_cpu_writes_both_reports(clips, tmp_path):
     _, rows, m = clips
     report = gpu_check.run_checks("cpu", tmp_path / "out", rows, m, budget=600, pairs=2, size=32, batches=(2,),

@@ -1,4 +1,4 @@
-"""Issue 9, the feature stage and the heads: one bad input is one video's failure, crashes are
+"""Reliability of the feature stage and the heads: one bad input is one video's failure, crashes are
 exit 2 with one line, and NaN never becomes a prediction."""
 from __future__ import annotations
 
@@ -11,22 +11,21 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.cache import synthetic_cache, synthetic_videos, write_synthetic_manifest
 from classify import fuse as fuse_cli
 from classify import train as train_cli
 from classify.heads import HEADS, make_head
-from extract import cli, frames, manifest, provenance, stage
+from extract import cli, frames, provenance, stage
 from extract.layout import Work
 from extract.manifest import Video
 from features import backbones, cache
-from features.bench_cache import synthetic_cache, synthetic_videos, write_synthetic_manifest
 from features.checkpoints import CheckpointError
 from features.extract import extract_features
 from features.extract import main as features_main
 from features.vggish import VGGish
 from tests import videos as tv
-from tests.workdirs import run_all_stages
-
-T, S = 8, 32
+from tests.cli import start_cli
+from tests.workdirs import STAGED_FRAMES as T, STAGED_SIZE as S  # `staged`: tests/conftest.py
 
 
 def quiet(fn, argv):
@@ -34,16 +33,6 @@ def quiet(fn, argv):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = fn(argv)
     return code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-def staged(tmp_path):
-    rows = [Video(id=f"v{i}", path=str(tv.make_video(tmp_path / f"v{i}.mp4", seed=i)), label="ab"[i % 2],
-                  split="train") for i in range(4)]
-    m = manifest.write_manifest(tmp_path / "manifest.csv", rows)
-    w = tmp_path / "work"
-    run_all_stages(rows, w, T, S)
-    return m, w, rows
 
 
 def _truncate(path: Path) -> None:
@@ -210,15 +199,10 @@ def test_changed_sources_and_captions_are_redone_not_reused(staged, tmp_path):
 def test_concurrent_feature_runs_with_other_settings_cannot_both_win(staged, tmp_path):
     """Case 4, feature side: seed 0 and seed 1 started together; one is refused (exit 2), and the
     cache holds only the winner's features."""
-    import subprocess
-    import sys
-
     m, w, rows = staged
-    root = Path(__file__).resolve().parents[1]
-    args = [sys.executable, "-m", "features.extract", "--modality", "rgb2d", "--manifest", str(m), "--work", str(w),
-            "--weights", "random", "--device", "cpu", "--loaders", "0", "--videos-per-call", "1"]
-    procs = [subprocess.Popen([*args, "--seed", str(seed)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for seed in (0, 1)]
+    args = ["--modality", "rgb2d", "--manifest", str(m), "--work", str(w), "--weights", "random", "--device", "cpu",
+            "--loaders", "0", "--videos-per-call", "1"]
+    procs = [start_cli("features.extract", *args, "--seed", seed, capture=True) for seed in (0, 1)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     codes = [r[0] for r in results]
     assert sorted(codes) == [0, 2], results

@@ -1,4 +1,4 @@
-"""The backbones of issue 13 (r2plus1d, s3d, clip, wav2vec2, hubert) as registry entries.
+"""The newer backbones (r2plus1d, s3d, clip, wav2vec2, hubert) as registry entries.
 
 Each model is built with random weights from its library's own constructor or config (offline).
 Checked: input preparation against the libraries' own presets and processors and the model

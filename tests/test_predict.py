@@ -1,4 +1,4 @@
-"""A trained model applied to new videos: `classify.export` then `classify.predict` (issue 11)."""
+"""A trained model applied to new videos: `classify.export` then `classify.predict`."""
 from __future__ import annotations
 
 import contextlib

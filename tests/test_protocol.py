@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classify import cells, fuse as fuse_mod, leakage, protocol, render, table as tbl, train as train_mod
+from benchmarks import leakage
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
+from classify import cells, fuse as fuse_mod, protocol, render, table as tbl, train as train_mod
 from classify.data import Labels
-from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
 
 def grouped_labels(n_groups=40, seed=0, per_group=(1, 5)) -> Labels:

@@ -1,6 +1,6 @@
-"""Issue 9, extraction side: nothing lost, nothing stale, nothing silent.
+"""Reliability, extraction side: nothing lost, nothing stale, nothing silent.
 
-Each test is one numbered case of the issue (the number is in the test's name): killed runs and
+The `caseN` in a test's name groups the tests by the kind of failure they cover: killed runs and
 their workers (3), concurrent runs and settings claims (4), changed sources (5), crashes of the
 run itself (6), truncated and mislabelled media (7), a manifest with a BOM (9), durable writes
 (10), NaN audio (2, stage side), and probing through PyAV.
@@ -25,9 +25,9 @@ from extract import audio, claims, cli, durable, flow, frames, manifest, media, 
 from extract.layout import Work, file_key
 from extract.manifest import Video
 from tests import videos as tv
+from tests.cli import run_cli, start_cli
 
 T, S = 8, 32
-REPO = Path(__file__).resolve().parents[1]
 FRAME_SETTINGS = frames.FrameSettings(num_frames=T, size=S, timeout=60)
 FLOW_SETTINGS = flow.FlowSettings(num_frames=T, size=S, timeout=60)
 AUDIO_SETTINGS = audio.AudioSettings(timeout=60)
@@ -43,10 +43,6 @@ def media_dir(tmp_path_factory) -> Path:
 
 def _video(vid: str, path, **kw) -> Video:
     return Video(id=vid, path=str(path), label="a", split="train", **kw)
-
-
-def _cli(module: str, *args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=REPO)
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -74,9 +70,8 @@ def test_case3_workers_die_with_a_killed_stage_and_nothing_lands_in_the_reclaime
     many = [_video(f"copy {i}", media_dir / "a.mp4") for i in range(12)]
     m = manifest.write_manifest(tmp_path / "m.csv", many)
     work = tmp_path / "w"
-    proc = subprocess.Popen([sys.executable, "-m", "extract.flow", "--manifest", str(m), "--work", str(work),
-                             "--num-frames", "16", "--size", "96", "--jobs", "2"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli("extract.flow", "--manifest", m, "--work", work, "--num-frames", "16", "--size", "96",
+                     "--jobs", "2")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((work / "flow").glob("*.npz"))) < 2:
         time.sleep(0.02)
@@ -90,11 +85,11 @@ def test_case3_workers_die_with_a_killed_stage_and_nothing_lands_in_the_reclaime
     while time.monotonic() < deadline and any(durable.pid_alive(p) for p in workers):
         time.sleep(0.05)
     assert not any(durable.pid_alive(p) for p in workers), "joblib workers outlived the killed stage process"
-    # The issue's reproduction: delete the folder and re-run at another size at once.
+    # The reproduction: delete the folder and re-run at another size at once.
     import shutil
 
     shutil.rmtree(work / "flow")
-    again = _cli("extract.flow", "--manifest", str(m), "--work", str(work), "--num-frames", "4", "--size", "32",
+    again = run_cli("extract.flow", "--manifest", str(m), "--work", str(work), "--num-frames", "4", "--size", "32",
                  "--jobs", "1")
     assert again.returncode == 0, again.stderr
     time.sleep(1.0)  # time for any straggler to write
@@ -161,13 +156,12 @@ def test_case4_cli_other_settings_refused_while_a_run_holds_the_folder_same_sett
     many = [_video(f"v{i}", media_dir / ("a.mp4" if i % 2 else "b.mp4")) for i in range(8)]
     m = manifest.write_manifest(tmp_path / "m.csv", many)
     args = ["--manifest", str(m), "--work", str(tmp_path / "w"), "--num-frames", "16", "--jobs", "1"]
-    first = subprocess.Popen([sys.executable, "-m", "extract.flow", *args, "--size", "64"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start_cli("extract.flow", *args, "--size", "64", capture=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((tmp_path / "w" / "flow").glob("*.npz")):
         time.sleep(0.02)
-    other = _cli("extract.flow", *args, "--size", "48")
-    same = _cli("extract.flow", *args, "--size", "64")
+    other = run_cli("extract.flow", *args, "--size", "48")
+    same = run_cli("extract.flow", *args, "--size", "64")
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert other.returncode == cli.EXIT_USAGE
@@ -480,9 +474,10 @@ def test_decoding_command_lines_come_from_ffmpeg_python():
     assert a[a.index("-map") + 1] == "0:a:0" and a[a.index("-acodec") + 1] == "pcm_f32le"
 
 
+@pytest.mark.slow
 def test_bench_reliability_measures_both_costs(media_dir, tmp_path):
     m = manifest.write_manifest(tmp_path / "m.csv", [_video("a", media_dir / "a.mp4"), _video("b", media_dir / "b.mp4")])
-    from extract import bench_reliability
+    from benchmarks import reliability as bench_reliability
 
     assert bench_reliability.main(["--manifest", str(m), "--out", str(tmp_path / "out"), "--repeats", "1",
                                    "--records", "40"]) == 0

@@ -10,12 +10,12 @@ import shutil
 import numpy as np
 import pytest
 
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 from classify import report
 from classify import table as tbl
 from extract import frames
 from extract.layout import Work
 from extract.manifest import read_manifest
-from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
 N = 75  # 15 test videos
 

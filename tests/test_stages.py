@@ -8,8 +8,6 @@ import csv
 import dataclasses
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from extract import audio, claims, cli, clip, flow, frames, manifest, media, rec
 from extract.layout import Work, file_key
 from extract.manifest import Video
 from tests import videos as tv
+from tests.cli import run_cli, start_cli
 
 T, S = 8, 32
 FRAME_SETTINGS = frames.FrameSettings(num_frames=T, size=S, timeout=60)
@@ -230,18 +229,13 @@ def test_other_settings_in_the_same_work_folder_are_refused(work, dataset):
         stage.run_stage(frames.STAGE, rows, w, frames.FrameSettings(num_frames=16, size=S), jobs=1)
 
 
-def _cli(module: str, *args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[1])
-
-
 def test_cli_summary_line_and_exit_codes(dataset, tmp_path):
     root, _ = dataset
-    done = _cli("extract.frames", "--manifest", str(root / "manifest.csv"), "--work", str(tmp_path),
+    done = run_cli("extract.frames", "--manifest", str(root / "manifest.csv"), "--work", str(tmp_path),
                 "--num-frames", str(T), "--size", str(S), "--jobs", "2")
     assert done.returncode == cli.EXIT_SOME_FAILED, done.stderr
     assert f"frames: done {len(GOOD)} / skipped 0 / failed {len(BAD)}" in done.stdout
-    bad = _cli("extract.frames", "--manifest", str(tmp_path / "none.csv"), "--work", str(tmp_path))
+    bad = run_cli("extract.frames", "--manifest", str(tmp_path / "none.csv"), "--work", str(tmp_path))
     assert bad.returncode == cli.EXIT_USAGE and "manifest not found" in bad.stderr
 
 
@@ -254,7 +248,7 @@ def test_hung_ffmpeg_is_killed_and_recorded(dataset, tmp_path):
     manifest.write_manifest(tmp_path / "m.csv", good)
     env = {**os.environ, "DMVER_FFMPEG": str(fake)}
     started = time.monotonic()
-    done = _cli("extract.frames", "--manifest", str(tmp_path / "m.csv"), "--work", str(tmp_path / "w"),
+    done = run_cli("extract.frames", "--manifest", str(tmp_path / "m.csv"), "--work", str(tmp_path / "w"),
                 "--timeout", "1", "--jobs", "1", env=env)
     assert time.monotonic() - started < 20
     assert done.returncode == cli.EXIT_SOME_FAILED
@@ -269,8 +263,7 @@ def test_killed_run_resumes_to_the_same_outputs(dataset, tmp_path):
     m = manifest.write_manifest(tmp_path / "m.csv", many)
     args = ["--manifest", str(m), "--num-frames", str(T), "--size", "96", "--jobs", "1"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "extract.flow", *args, "--work", str(killed)],
-                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli("extract.flow", *args, "--work", killed)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((killed / "flow").glob("*.npz"))) < 2:
         time.sleep(0.02)
@@ -278,8 +271,8 @@ def test_killed_run_resumes_to_the_same_outputs(dataset, tmp_path):
     proc.wait()
     assert 0 < len(list((killed / "flow").glob("*.npz"))) < len(many), "the kill should land mid-run"
     (killed / "flow" / ".stale.npz.123.tmp").write_bytes(b"partial")  # as a kill during a write leaves
-    assert _cli("extract.flow", *args, "--work", str(killed)).returncode == 0
-    assert _cli("extract.flow", *args, "--work", str(tmp_path / "clean")).returncode == 0
+    assert run_cli("extract.flow", *args, "--work", str(killed)).returncode == 0
+    assert run_cli("extract.flow", *args, "--work", str(tmp_path / "clean")).returncode == 0
     assert not list((killed / "flow").glob(".*"))
     for v in many:
         np.testing.assert_array_equal(flow.load(killed, v.id), flow.load(tmp_path / "clean", v.id))

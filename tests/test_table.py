@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 from classify import published, table as tbl
 from features import cache
-from features.bench_cache import synthetic_cache, write_synthetic_manifest
 
 N = 150  # 30 test videos
 SEEDS = 2
@@ -113,7 +113,7 @@ def test_footer_states_the_settings(full):
 
 
 def test_published_numbers_only_for_known_datasets(full):
-    # the DMVER README's table: DMVER ConvNet+LSTM 37.91; I3D 54.02 / 59.03 / 61.67; Audio+I3D 54.02 / 46.42 / 62.41
+    # the DMVER dataset README's table: ConvNet+LSTM 37.91; I3D 54.02 / 59.03 / 61.67; Audio+I3D 54.02 / 46.42 / 62.41
     table = full["json"]
     assert cell(table, "ConvNet+LSTM", "RGB")["published_accuracy_percent"] == 37.91
     assert cell(table, "I3D", "Flow/Audio")["published_accuracy_percent"] == 59.03

@@ -4,23 +4,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.cache import synthetic_cache, synthetic_videos
 from classify import fuse as fuse_cli
 from extract import sample
 from extract.manifest import Video, write_manifest
 from features import cache, text
-from features.bench_cache import synthetic_cache, synthetic_videos
 from features.extract import extract_features
 from features.extract import main as features_main
+from tests.cli import run_cli
 from tests.killing import kill_when
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +100,14 @@ def test_killed_text_run_resumes_to_the_same_cache(tmp_path):
     plans = sample.plan_dataset(60)
     videos = [Video(id=p.id, path=f"videos/{p.id}.mp4", label=p.label, split="train", text=p.text) for p in plans]
     manifest = write_manifest(tmp_path / "m.csv", videos)
-    args = [sys.executable, "-m", "features.extract", "--modality", "text", "--manifest", str(manifest),
-            "--device", "cpu", "--loaders", "0", "--videos-per-call", "1"]
+    args = ["--modality", "text", "--manifest", str(manifest), "--device", "cpu", "--loaders", "0",
+            "--videos-per-call", "1"]
     shards = cache.shard_dir(tmp_path / "killed", "text")
-    kill_when([*args, "--work", str(tmp_path / "killed")], lambda: len(cache.shard_files(shards)) >= 3)
+    kill_when("features.extract", *args, "--work", tmp_path / "killed",
+              ready=lambda: len(cache.shard_files(shards)) >= 3)
     done = len(cache.shard_files(shards))  # a temporary being written at the kill is not a shard
     assert 0 < done < len(videos), "the kill should land mid-run"
-    runs = {w: subprocess.run([*args, "--work", str(tmp_path / w)], cwd=ROOT, capture_output=True, text=True)
-            for w in ("killed", "clean")}
+    runs = {w: run_cli("features.extract", *args, "--work", tmp_path / w) for w in ("killed", "clean")}
     assert all(r.returncode == 0 for r in runs.values()), runs["killed"].stderr
     assert f"skipped {done} /" in runs["killed"].stdout and "skipped 0 /" in runs["clean"].stdout
     a, b = cache.load(tmp_path / "killed", "text"), cache.load(tmp_path / "clean", "text")

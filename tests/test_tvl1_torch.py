@@ -153,7 +153,7 @@ def test_agrees_with_opencv_synthetic(synthetic, name):
     print(f"{name}: EPE {epe:.4f} px, within 1 level {100 * within:.2f}%")
     assert epe <= EPE_MAX
     assert within >= WITHIN1_MIN
-    # Far inside the bound on purpose: a dropped step (no median filter: 0.06 px on the
+    # Far inside the 0.15 px target on purpose: a dropped step (no median filter: 0.06 px on the
     # moving object, fewer warps: 0.09 px) would still pass 0.15 px.
     assert epe <= EPE_FIDELITY
 

@@ -1,6 +1,6 @@
 """Why the manifest has groups: a classifier scores by recognising the group, not the emotion.
 
-    python -m classify.leakage [--groups 60] [--per-group 5] [--out DIR] [--head lstm]
+    python -m benchmarks.leakage [--groups 60] [--per-group 5] [--out DIR] [--head lstm]
 
 A generated dataset where every group (a publisher, a speaker) has its own look (a feature
 offset of its own, as a person's face, room and camera give every video of theirs) and one
@@ -90,7 +90,7 @@ def demonstrate(out, groups: int = 60, per_group: int = 5, head: str = "lstm", s
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classify.leakage", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.leakage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", type=int, default=60)
     parser.add_argument("--per-group", type=int, default=5)
     parser.add_argument("--head", default="lstm")

@@ -1,7 +1,7 @@
 """Benchmark: seconds and megabytes per video of every stage and backbone on sample videos.
 
-    python -m features.bench [--videos 6] [--num-frames 79] [--size 224] [--out work/bench-features]
-    python -m features.bench --modalities r2plus1d s3d clip wav2vec2 hubert   # backbones outside make features
+    python -m benchmarks.features [--videos 6] [--num-frames 79] [--size 224] [--out work/bench-features]
+    python -m benchmarks.features --modalities r2plus1d s3d clip wav2vec2 hubert   # backbones outside make features
 
 Takes the first `--videos` videos of the sample dataset (generated into `data/sample` when
 missing), runs the frames, flow and audio stages on them with all cores (`--jobs 0`, as `make
@@ -119,7 +119,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = cli.parser("python -m features.bench", __doc__.split("\n\n")[0])
+    parser = cli.parser("python -m benchmarks.features", __doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--num-frames", type=int, default=ClipSettings.num_frames)
     parser.add_argument("--size", type=int, default=ClipSettings.size)

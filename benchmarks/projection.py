@@ -1,17 +1,17 @@
 """DMVER's extraction cost projected from measured per-video rates.
 
-    python -m features.projection [--bench work/bench-features/bench_features.json]
+    python -m benchmarks.projection [--bench work/bench-features/bench_features.json]
                                   [--gpu work/gpu-check/report.json] [--cores 16]
 
 What it reads, all measured by commands of this repository:
 
-* `make bench-features` (`features.bench`): seconds per video of each stage and backbone on this
+* `make bench-features` (`benchmarks.features`): seconds per video of each stage and backbone on this
   machine at the default geometry, stages with all cores busy, backbones in one process using
   all cores; the text modality per caption;
-* `make gpu-check` (`features.gpu_check`), when its report exists and ran on CUDA: the stages'
+* `make gpu-check` (`benchmarks.gpu_check`), when its report exists and ran on CUDA: the stages'
   and backbones' seconds per video end to end on the GPU machine.
 
-How it projects, for DMVER (as published: 31,761 videos of about 15 s, 27,010 with a caption):
+How it projects, for DMVER (the DMVER dataset README: 31,761 videos of about 15 s, 27,010 with a caption):
 
 * every step costs per video what it cost on the benchmark's videos, except the audio stage and
   the audio backbone, whose work grows with the audio's length: they are scaled by 15 s over
@@ -99,7 +99,7 @@ def markdown(p: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = cli.parser("python -m features.projection", __doc__.split("\n\n")[0])
+    parser = cli.parser("python -m benchmarks.projection", __doc__.split("\n\n")[0])
     parser.add_argument("--bench", default="work/bench-features/bench_features.json", help="make bench-features' output")
     parser.add_argument("--gpu", default="work/gpu-check/report.json", help="make gpu-check's report (if any)")
     parser.add_argument("--cores", type=int, default=16)

@@ -1,4 +1,4 @@
-"""The extraction benchmark (extract.bench): its quick run end to end, and its parts.
+"""The extraction benchmark (benchmarks.stages): its quick run end to end (marked slow), and its parts.
 
 The quick run is run once per module (about 30-40 s on a loaded 2-core machine) through the
 command line, as `make bench` runs it; the tests then read what it reported and wrote.
@@ -6,7 +6,6 @@ command line, as `make bench` runs it; the tests then read what it reported and 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,21 +13,21 @@ import cv2
 import numpy as np
 import pytest
 
-from extract import bench, flow, frames
+from benchmarks import stages as bench
+from extract import flow, frames
 from extract.manifest import Video
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.cli import run_cli
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    run = subprocess.run([sys.executable, "-m", "extract.bench", "--quick", "--out", str(out)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run = run_cli("benchmarks.stages", "--quick", "--out", out, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, run.stdout, json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_report_has_every_figure_and_the_machine(quick):
     out, stdout, report = quick
     for key in ("date", "command", "machine", "settings", "inputs", "ours", "published", "ratios", "decode",
@@ -53,6 +52,7 @@ def test_report_has_every_figure_and_the_machine(quick):
     assert "load average" in md and report["date"][:10] in md
 
 
+@pytest.mark.slow
 def test_ratios_are_positive_and_follow_from_the_times(quick):
     _, _, report = quick
     ours, pub = report["ours"], report["published"]
@@ -71,6 +71,7 @@ def test_ratios_are_positive_and_follow_from_the_times(quick):
     assert len(report["decode"]["ffmpeg_cpu_seconds"]) == 3 and min(report["decode"]["ffmpeg_cpu_seconds"]) > 0
 
 
+@pytest.mark.slow
 def test_published_outputs_have_the_published_layout(quick):
     out, _, report = quick
     pub = report["published"]
@@ -90,6 +91,7 @@ def test_published_outputs_have_the_published_layout(quick):
     assert pub["mb_per_video"] == pytest.approx(total / 1e6 / len(pub["per_video"]))
 
 
+@pytest.mark.slow
 def test_our_outputs_and_solver_share(quick):
     out, _, report = quick
     work = out / "quick" / "ours"
@@ -108,6 +110,7 @@ def test_our_outputs_and_solver_share(quick):
     assert report["solver_fraction"] == pytest.approx(f["solver_seconds"] / f["process_seconds"])
 
 
+@pytest.mark.slow
 def test_torch_entry_is_measured_or_says_why(quick):
     _, _, report = quick
     tv = report["torch_vs_opencv"]
@@ -118,6 +121,7 @@ def test_torch_entry_is_measured_or_says_why(quick):
         assert tv["reason"]
 
 
+@pytest.mark.slow
 def test_inputs_are_reused_not_rendered_again(quick):
     out, _, report = quick
     folder = out / "inputs" / "quick"
@@ -139,3 +143,14 @@ def test_picks_and_checks():
     assert bench._check("speed_ratio", 1.29)["pass"] is False and bench._check("speed_ratio", 1.3)["pass"] is True
     assert bench._check("decode_seconds", 1.49)["pass"] is True and bench._check("decode_seconds", 1.5)["pass"] is False
     assert bench._check("solver_fraction", None)["pass"] is None
+
+
+@pytest.mark.slow
+def test_tvl1_benchmark_times_both_solvers_and_their_agreement(capsys):
+    from benchmarks import tvl1
+
+    assert tvl1.main(["--pairs", "2", "--size", "32", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "opencv:" in out and "torch :" in out and "ratio : torch / opencv" in out
+    epe = float(out.split("mean EPE ")[1].split(" px")[0])
+    assert epe <= 0.15   # the agreement the flow stage's torch backend promises

@@ -1,6 +1,6 @@
 """What the extraction stages' reliability costs: fsync before every rename, and the provenance check.
 
-    python -m extract.bench_reliability [--manifest data/sample/manifest.csv] [--out work/bench-reliability]
+    python -m benchmarks.reliability [--manifest data/sample/manifest.csv] [--out work/bench-reliability]
                                         [--repeats 3] [--records 31761]
 
 1. Durable writes. The frames and audio stages (the cheapest per video, so the share of time in
@@ -84,7 +84,7 @@ def provenance_check(folder: Path, records: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = cli.parser("python -m extract.bench_reliability", __doc__.split("\n\n")[0])
+    parser = cli.parser("python -m benchmarks.reliability", __doc__.split("\n\n")[0])
     parser.add_argument("--manifest", default="data/sample/manifest.csv")
     parser.add_argument("--out", default="work/bench-reliability")
     parser.add_argument("--repeats", type=int, default=3)

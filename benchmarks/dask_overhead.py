@@ -1,6 +1,6 @@
 """Benchmark: the Dask path against the local one, same videos, same cores.
 
-    python -m features.bench_dask [--videos 6] [--num-frames 79] [--size 224] [--repeats 1]
+    python -m benchmarks.dask_overhead [--videos 6] [--num-frames 79] [--size 224] [--repeats 1]
                                   [--out work/bench-dask]
 
 Takes the first `--videos` videos of the sample dataset and runs each step twice, from an empty
@@ -134,7 +134,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = cli.parser("python -m features.bench_dask", __doc__.split("\n\n")[0])
+    parser = cli.parser("python -m benchmarks.dask_overhead", __doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--num-frames", type=int, default=ClipSettings.num_frames)
     parser.add_argument("--size", type=int, default=ClipSettings.size)

@@ -1,7 +1,11 @@
-"""`python -m classify.bench` at smoke-test size: it trains and fuses the whole table and reports."""
+"""`python -m benchmarks.classify` at smoke-test size: it trains and fuses the whole table and reports."""
 import json
 
-from classify import bench
+import pytest
+
+from benchmarks import classify as bench
+
+pytestmark = pytest.mark.slow  # each test runs the benchmark end to end
 
 
 def test_bench_smoke(tmp_path, capsys):

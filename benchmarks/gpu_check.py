@@ -1,6 +1,6 @@
 """`make gpu-check`: the CUDA paths measured in one run, ready for the first GPU lent.
 
-    python -m features.gpu_check [--out work/gpu-check] [--budget 300] [--manifest M] [--videos 60]
+    python -m benchmarks.gpu_check [--out work/gpu-check] [--budget 300] [--manifest M] [--videos 60]
 
 No CUDA path of this project had run when it was written, so this one script checks all of them
 at once, in at most `--budget` seconds (5 minutes by default, on one GPU), and writes
@@ -337,7 +337,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.parser("python -m features.gpu_check", __doc__.split("\n\n")[0])
+    parser = cli.parser("python -m benchmarks.gpu_check", __doc__.split("\n\n")[0])
     parser.add_argument("--out", default="work/gpu-check")
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (cpu rehearses the script on tiny sizes)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds; later steps are skipped past it")

@@ -1,6 +1,6 @@
 """Benchmark of our extraction stages against the published DMVER preprocessing.
 
-    python -m extract.bench [--out work/bench] [--videos 4] [--quick]
+    python -m benchmarks.stages [--out work/bench] [--videos 4] [--quick]
 
 Why: the toolkit claims to be faster and far smaller on disk than the published scripts while
 keeping their geometry. This measures both on the same inputs, in one process, on this machine:
@@ -451,7 +451,7 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.parser("python -m extract.bench", __doc__.split("\n\n")[0])
+    parser = cli.parser("python -m benchmarks.stages", __doc__.split("\n\n")[0])
     parser.add_argument("--out", default="work/bench", help="inputs (kept between runs), outputs and report")
     parser.add_argument("--videos", type=int, default=None,
                         help=f"sample videos besides the portrait clip (default {FULL.videos}, {QUICK.videos} with --quick)")
@@ -491,7 +491,7 @@ def _main(args, argv: Sequence[str] | None, mode: Mode, videos_wanted: int) -> i
               _check("solver_fraction", ours["flow"]["solver_fraction"])]
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m extract.bench", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python -m benchmarks.stages", *(sys.argv[1:] if argv is None else argv)]),
         "quick": args.quick,
         "machine": {"cpu_count": os.cpu_count(), "usable_cpus": cores, "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
@@ -528,6 +528,6 @@ def _main(args, argv: Sequence[str] | None, mode: Mode, videos_wanted: int) -> i
 
 if __name__ == "__main__":
     # Run through the importable module so worker processes can unpickle the timed flow stage by name.
-    from extract.bench import main as _main
+    from benchmarks.stages import main as _main
 
     sys.exit(_main())

@@ -1,18 +1,16 @@
-"""The README's projection (features/projection.py) and `make bench-dask` (features/bench_dask.py)."""
+"""The README's projection (benchmarks/projection.py) and `make bench-dask` (benchmarks/dask_overhead.py)."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
+from benchmarks import dask_overhead as bench_dask, projection
 from extract import manifest
 from extract.manifest import Video
-from features import bench_dask, projection
 from tests import videos as tv
+from tests.cli import cli_env
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = {"cpus": 2, "date": "d", "load_average": [1.0, 1.0, 1.0], "rows": [
     {"kind": "stage", "step": "flow", "seconds_per_video": 7.0},
     {"kind": "stage", "step": "audio", "seconds_per_video": 0.1},
@@ -51,13 +49,14 @@ def test_projection_cli_needs_the_benchmark(tmp_path, capsys):
     assert "make bench-features" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_dask_times_every_step_both_ways(tmp_path, monkeypatch):
     sample = tmp_path / "sample"
     sample.mkdir()
     rows = [Video(id=f"v{i}", path=str(tv.make_video(sample / f"v{i}.mp4", seed=i)), label="positive", split="train",
                   text="a caption") for i in range(2)]
     manifest.write_manifest(sample / "manifest.csv", rows)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", cli_env()["PYTHONPATH"])  # the cluster's workers import this checkout
     monkeypatch.setattr(bench_dask, "default_jobs", lambda: 1)  # one worker: keep the shared machine free
     assert bench_dask.main(["--videos", "2", "--num-frames", "8", "--size", "32", "--sample", str(sample),
                             "--out", str(tmp_path / "out")]) == 0

@@ -1,8 +1,8 @@
 """Benchmark: train the whole results table on a DMVER-size synthetic feature cache.
 
-    python -m classify.bench [--videos 31761] [--seeds 5] [--cv fixed|K|groups] [--out DIR] [--keep]
+    python -m benchmarks.classify [--videos 31761] [--seeds 5] [--cv fixed|K|groups] [--out DIR] [--keep]
 
-Builds a synthetic cache with the real shapes (`features.bench_cache.synthetic_cache` with a
+Builds a synthetic cache with the real shapes (`benchmarks.cache.synthetic_cache` with a
 learnable class signal: rgb and flow `[10, 1024]`, audio `[13..17, 128]` with about 2 % of the
 videos missing, rgb2d `[79, 512]`) and its manifest under `DIR`, then times what
 `classify.table` computes: the `lstm` head on rgb2d, rgb, flow and audio for every seed, and the
@@ -39,7 +39,7 @@ from classify.cells import build_table
 from classify.data import FeatureStore, Labels
 from classify.train import effective_jobs, train_runs
 from features import cache
-from features.bench_cache import synthetic_cache, write_synthetic_manifest
+from benchmarks.cache import synthetic_cache, write_synthetic_manifest
 
 MODALITIES = ("rgb2d", "rgb", "flow", "audio")
 FUSIONS = (("rgb", "flow"), ("rgb", "flow", "audio"))
@@ -175,7 +175,7 @@ def format_report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classify.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.classify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=31761)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--cv", default="fixed", help="fixed (default), K or groups: the protocol of the timed table")

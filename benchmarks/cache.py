@@ -1,6 +1,6 @@
 """Benchmark: load a DMVER-size feature cache, each modality timed in a fresh process.
 
-    python -m features.bench_cache [--videos 31761] [--out DIR] [--cold] [--rebuild] [--clean]
+    python -m benchmarks.cache [--videos 31761] [--out DIR] [--cold] [--rebuild] [--clean]
 
 Builds (or reuses) a synthetic cache of `--videos` videos under `DIR/features/` with the real
 shapes: rgb and flow `[10, 1024]`, audio `[13..17, 128]` (about 2 % of the videos without
@@ -13,7 +13,7 @@ memory (max RSS) is measured alone; `--cold` first drops the file from the page 
 At full size the files take about 10 GB on disk (rgb2d 5.1 GB); loading all four modalities
 at once needs about 8 GB of memory. `--clean` deletes the synthetic cache afterwards.
 
-`synthetic_cache` is shared with `classify.bench`, which adds a learnable class signal.
+`synthetic_cache` is shared with `benchmarks.classify`, which adds a learnable class signal.
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def _cache_matches(work: Path, n: int) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = cli.parser("python -m features.bench_cache", __doc__.split("\n\n")[0])
+    parser = cli.parser("python -m benchmarks.cache", __doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=31761)
     parser.add_argument("--out", default="work/bench-cache", help="folder for the synthetic cache and the JSON")
     parser.add_argument("--cold", action="store_true", help="drop each file from the page cache before loading it")
@@ -168,7 +168,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"built a synthetic cache of {args.videos} videos in {build_seconds:.1f} s under {out / 'features'}")
     rows = []
     for m in SHAPES:
-        cmd = [sys.executable, "-m", "features.bench_cache", "--out", str(out), "--_load", m] + (["--cold"] if args.cold else [])
+        cmd = [sys.executable, "-m", "benchmarks.cache", "--out", str(out), "--_load", m] + (["--cold"] if args.cold else [])
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     total = sum(r["seconds"] for r in rows)
