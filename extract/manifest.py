@@ -68,11 +68,9 @@ def _float_or_none(value: str | None) -> float | None:
 
 
 def read_manifest(path: str | os.PathLike, require_split: bool = True, require_label: bool = True) -> list[Video]:
-    """Read and validate a manifest; relative video paths are resolved against its folder.
-
-    A manifest without a single video is an error: every command reading one has nothing to do."""
-    required = ["id", "path"] + ["label"] * require_label + ["split"] * require_split
-    videos = read_rows(path, required)
+    """Read and validate a manifest; relative video paths are resolved against its folder. A manifest
+    without a single video is an error: every command reading one has nothing to do."""
+    videos = read_rows(path, ["id", "path"] + ["label"] * require_label + ["split"] * require_split)
     if not videos:
         raise ManifestError(f"{path} has no videos")
     validate(videos, require_split=require_split, require_label=require_label, source=str(path))
@@ -340,15 +338,16 @@ def group_from_name(pattern: re.Pattern | None, videos: list[Video]) -> list[Vid
     return out
 
 
-def _video_files(folder: Path) -> list[Path]:
-    return [f for f in sorted(folder.rglob("*")) if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS]
-
-
-def _found(f: Path, root: Path, label: str, split: str) -> Video:
-    """The video file `f` below `root` (id: its path below root without extension; `<video>.txt`: caption)."""
-    cap = f.with_suffix(".txt")
-    text = cap.read_text(encoding="utf-8-sig", errors="replace").strip() if cap.is_file() else None
-    return Video(f.relative_to(root).with_suffix("").as_posix(), str(f.resolve()), label, split, text=text or None)
+def _found(folder: Path, root: Path, label: str, split: str) -> list[Video]:
+    """The video files below `folder` (id: path below `root` without extension; `<video>.txt`: caption)."""
+    videos = []
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+            cap = f.with_suffix(".txt")
+            text = cap.read_text(encoding="utf-8-sig", errors="replace").strip() if cap.is_file() else None
+            videos.append(Video(f.relative_to(root).with_suffix("").as_posix(), str(f.resolve()), label, split,
+                                text=text or None))
+    return videos
 
 
 def from_folder(root: str | os.PathLike, group_regex: str | None = None) -> list[Video]:
@@ -369,7 +368,7 @@ def from_folder(root: str | os.PathLike, group_regex: str | None = None) -> list
     groups = [(p.name, c) for p in top for c in sorted(q for q in p.iterdir() if q.is_dir())] if split_layout else [("", p) for p in top]
     videos = []
     for split, class_dir in groups:
-        videos += [_found(f, root, class_dir.name, split) for f in _video_files(class_dir)]
+        videos += _found(class_dir, root, class_dir.name, split)
     if not videos:
         raise ManifestError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in class folders below {root}")
     return group_from_name(pattern, videos)
@@ -377,7 +376,7 @@ def from_folder(root: str | os.PathLike, group_regex: str | None = None) -> list
 
 def from_tree(root: str | os.PathLike) -> list[Video]:
     """Every video file below ROOT at any depth, unlabelled (videos to predict); ids as `from_folder`'s."""
-    videos = [_found(f, Path(root), "", "") for f in _video_files(Path(root))] if Path(root).is_dir() else []
+    videos = _found(Path(root), Path(root), "", "") if Path(root).is_dir() else []
     if not videos:
         raise ManifestError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) below {root}")
     validate(videos, require_split=False, require_label=False, source=str(root))
