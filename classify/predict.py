@@ -210,7 +210,7 @@ def predict(model, videos: Sequence[Video], work, jobs: int = 0, device: str = "
 def parser():
     p = cli.parser("python -m classify.predict", __doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a bundle folder written by classify.export")
-    p.add_argument("--manifest", required=True, help="the videos to predict (label and split may be empty)")
+    p.add_argument("--manifest", required=True, help="the videos to predict (id,path suffice)")
     p.add_argument("--work", required=True, help="work folder for their stages and features")
     p.add_argument("--jobs", type=int, default=0, help="videos in parallel in the stages (0: all cores)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
