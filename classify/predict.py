@@ -33,7 +33,6 @@ modality left), the rest are predicted; 2 the run failed (bad bundle or manifest
 from __future__ import annotations
 
 import io
-import json
 import logging
 import sys
 from pathlib import Path
@@ -161,7 +160,8 @@ def predict_proba(loaded: bundle_files.Loaded, videos: Sequence[Video], work: Pa
 
 def random_modalities(bundle: dict) -> list[str]:
     """The bundle's modalities whose backbone had random weights (their features test the pipeline only)."""
-    return [m for m in bundle["modalities"] if str(bundle["features"][m]["cache"].get("weights", "")).lower() == "random"]
+    caches = {m: bundle["features"][m]["cache"] for m in bundle["modalities"]}
+    return [m for m, a in caches.items() if str(a.get("weights", "")).lower() == "random"]
 
 
 def predictions_csv(bundle: dict, ids, fused, P, reasons) -> str:
