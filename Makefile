@@ -15,6 +15,7 @@
 #   CV        evaluation protocol of `make table` / `make bench-classify`: empty = the manifest's fixed split,
 #             K = group-aware K-fold cross-validation, groups = leave-one-group-out (see classify/protocol.py)
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
+#   PREDICT_WORK  work folder of `make predict` (default WORK-predict: never the training work folder)
 #
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
 # the targets below carry on past that so one broken video does not stop a 31,761-video run,
@@ -45,6 +46,7 @@ CV_ARGS      := $(if $(strip $(CV)),--cv $(strip $(CV)))
 
 # The demo runs the whole pipeline on the sample at a smaller geometry so it ends in minutes.
 DEMO_WORK    ?= work/demo
+PREDICT_WORK ?= $(WORK)-predict
 DEMO_ARGS    := MANIFEST=$(MANIFEST) WORK=$(DEMO_WORK) FRAMES=16 SIZE=112
 
 DASK_ARGS    := $(if $(BACKEND),--backend $(BACKEND)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
@@ -105,11 +107,11 @@ table: $(STAMP)
 report: $(STAMP)
 	$(PY) -m classify.report --manifest $(MANIFEST) --work $(WORK)
 
-# predict: apply a bundle (python -m classify.export ... --out MODEL) to MANIFEST's videos in WORK;
-# exit 1 (some videos could not be predicted) is reported and does not stop make.
+# predict: apply a bundle (python -m classify.export ... --out MODEL) to MANIFEST's videos (`id,path`
+# suffice) in PREDICT_WORK; exit 1 (some videos could not be predicted) is reported and does not stop make.
 predict: $(STAMP)
 	@test -n "$(MODEL)" || { echo "make predict needs MODEL=<bundle folder> (python -m classify.export)"; exit 2; }
-	$(PY) -m classify.predict --model $(MODEL) --manifest $(MANIFEST) --work $(WORK) --jobs $(JOBS) --device $(DEVICE) --weights $(WEIGHTS) $(PARTIAL_OK)
+	$(PY) -m classify.predict --model $(MODEL) --manifest $(MANIFEST) --work $(PREDICT_WORK) --jobs $(JOBS) --device $(DEVICE) --weights $(WEIGHTS) $(PARTIAL_OK)
 
 # The demo: sample dataset -> stages -> features (random weights unless WEIGHTS holds checkpoints) -> table -> report.
 demo: $(STAMP)

@@ -6,40 +6,45 @@
 Trains (or reuses) the runs and the fusion exactly as `classify.fuse` does, then writes:
 
     MODEL_DIR/bundle.json        format, class names, head, rule, seed, package version, and per
-                                 modality the head's file and the feature cache's settings (network,
-                                 checkpoint name and sha256 or "random", seed, options, stage
-                                 settings or caption cleaning); the stage settings by stage
-    MODEL_DIR/heads/<m>.joblib   each modality's trained head
-    MODEL_DIR/fusion.joblib      the fitted fusion (`classify.fuse.Fusion`: rule, weights, model)
+                                 modality the head (class, hyper-parameters) and its arrays' file and
+                                 the feature cache's settings (network, checkpoint name and sha256 or
+                                 "random", seed, options, stage settings or caption cleaning); the
+                                 stage settings by stage; the fusion (rule, weights); `files`: every
+                                 other file with its SHA-256
+    MODEL_DIR/bundle.sha256      the SHA-256 of bundle.json
+    MODEL_DIR/heads/<m>.npz      each modality's trained head as plain arrays (no pickle)
+    MODEL_DIR/fusion.npz         the stacking regression's coefficients (empty for other rules)
     MODEL_DIR/card.md, card.json the model card: training manifest digest, protocol, validation and
                                  test metrics per modality and fused, the random-weights warning
 
-`python -m classify.predict --model MODEL_DIR ...` applies it to new videos. The folder is written
-atomically (a killed export leaves no half bundle).
+`python -m classify.predict --model MODEL_DIR ...` applies it to new videos; docs/bundles.md says
+what is checked then. The folder is written atomically (a killed export leaves no half bundle);
+`--out` must be new, empty or a previous bundle (`--force` replaces another folder, never a work
+folder's data).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from classify import bundle as bundle_files
 from classify.data import SPLITS, Labels
 from classify.fuse import RULES, fuse
-from classify.heads import HEADS
-from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json, write_json
+from classify.heads import HEADS, head_state
+from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
 from classify.train import run_path
 from extract import claims, cli
 from extract.durable import atomic_dir
-from extract.layout import as_work
+from extract.layout import as_work, check_out
 from features import cache
 from features import modalities as registry
 from features.extract import package_version
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = bundle_files.BUNDLE_FORMAT
 
 
 def manifest_digest(path) -> str:
@@ -78,18 +83,28 @@ def _card_markdown(card: dict) -> str:
 
 
 def export(work, manifest, modalities: list[str], out, head: str = "lstm", rule: str = "weighted",
-           seed: int = 0) -> Path:
-    """Train or reuse the runs and the fusion, and write the bundle folder `out`."""
+           seed: int = 0, force: bool = False) -> Path:
+    """Train or reuse the runs and the fusion, and write the bundle folder `out` (checked first:
+    `layout.check_out`)."""
+    import joblib
+
+    out = check_out(out, bundle_files.BUNDLE_MARKER, bundle_files.LEGACY_BUNDLE, force)
     labels = Labels.from_manifest(manifest)
     result = fuse(work, labels, modalities, head, rule, seed)
     fused = result.metrics
     caches = {m: cache.attributes(work, m) for m in modalities}
     stages = list(dict.fromkeys(s for m in modalities for s in registry.get(m).source.stages))
+    files, features = {}, {}
+    for m in modalities:
+        desc, arrays = head_state(joblib.load(run_path(work, m, head, seed) / "model.joblib"))
+        files[f"heads/{m}.npz"] = bundle_files.npz_bytes(arrays)
+        features[m] = {"head_file": f"heads/{m}.npz", "head": desc, "cache": caches[m]}
+    fusion_desc, fusion_arrays = joblib.load(result.path / "fusion.joblib").state()
+    files["fusion.npz"] = bundle_files.npz_bytes(fusion_arrays)
     bundle = {
         "format": BUNDLE_FORMAT, "package_version": package_version(), "class_names": labels.class_names,
-        "head": head, "rule": rule, "seed": seed, "modalities": list(modalities),
-        "features": {m: {"head_file": f"heads/{m}.joblib", "cache": caches[m]} for m in modalities},
-        "stages": stage_settings(work, stages),
+        "head": head, "rule": rule, "seed": seed, "modalities": list(modalities), "features": features,
+        "stages": stage_settings(work, stages), "fusion": {**fusion_desc, "file": "fusion.npz"},
     }
     runs = {m: read_json(run_path(work, m, head, seed) / "metrics.json") for m in modalities}
     metrics = {m: {"val_accuracy": r["val"]["accuracy"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
@@ -107,15 +122,11 @@ def export(work, manifest, modalities: list[str], out, head: str = "lstm", rule:
         "random_weights": cache.random_weights_banner(work, modalities),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    files["card.json"] = (json.dumps(card, indent=2) + "\n").encode("utf-8")
+    files["card.md"] = _card_markdown(card).encode("utf-8")
     with atomic_dir(out) as tmp:
-        (tmp / "heads").mkdir()
-        for m in modalities:
-            shutil.copy2(run_path(work, m, head, seed) / "model.joblib", tmp / "heads" / f"{m}.joblib")
-        shutil.copy2(result.path / "fusion.joblib", tmp / "fusion.joblib")
-        write_json(tmp / "bundle.json", bundle)
-        write_json(tmp / "card.json", card)
-        (tmp / "card.md").write_text(_card_markdown(card), encoding="utf-8")
-    return Path(out)
+        bundle_files.write(tmp, bundle, files)
+    return out
 
 
 def parser():
@@ -123,7 +134,9 @@ def parser():
     p.add_argument("--modalities", required=True, help="comma-separated, e.g. rgb,flow,audio,text")
     p.add_argument("--manifest", default=DEFAULT_MANIFEST)
     p.add_argument("--work", default=DEFAULT_WORK)
-    p.add_argument("--out", required=True, help="the bundle folder to write")
+    p.add_argument("--out", required=True, help="the bundle folder to write: new, empty or a previous bundle")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out that is not a bundle "
+                                                        "(never a work folder's data)")
     p.add_argument("--head", default="lstm", choices=HEADS)
     p.add_argument("--rule", default="weighted", choices=RULES)
     p.add_argument("--seed", type=int, default=0)
@@ -132,7 +145,7 @@ def parser():
 
 def _main(args) -> int:
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    out = export(args.work, args.manifest, modalities, args.out, args.head, args.rule, args.seed)
+    out = export(args.work, args.manifest, modalities, args.out, args.head, args.rule, args.seed, args.force)
     print(f"wrote the model bundle {out} ({', '.join(modalities)}; {args.head} heads, {args.rule} fusion); "
           f"card: {out / 'card.md'}")
     return cli.EXIT_OK

@@ -184,6 +184,35 @@ class Fusion:
             return _stack_proba(self.model, P, self.n_classes)
         return combine(P, np.array([self.weights[m] for m in self.modalities]))
 
+    def state(self) -> tuple[dict, dict]:
+        """(JSON-able description, arrays): the fusion without pickle, for model bundles; a stack
+        rule's regression as its coef_, intercept_ and classes_."""
+        desc = {"rule": self.rule, "modalities": list(self.modalities), "weights": dict(self.weights),
+                "n_classes": int(self.n_classes), "val_accuracy": None if np.isnan(self.val_accuracy)
+                else float(self.val_accuracy)}
+        arrays = {}
+        if self.model is not None:
+            arrays = {"coef": self.model.coef_, "intercept": self.model.intercept_, "classes": self.model.classes_}
+        return desc, arrays
+
+    @classmethod
+    def from_state(cls, desc: dict, arrays: dict) -> "Fusion":
+        """The inverse of `state`; raises ValueError when the stack rule's arrays are missing."""
+        from sklearn.linear_model import LogisticRegression
+
+        if desc["rule"] not in RULES:
+            raise ValueError(f"unknown fusion rule {desc['rule']!r}")
+        model = None
+        if desc["rule"] == "stack":
+            if not {"coef", "intercept", "classes"} <= set(arrays):
+                raise ValueError("the stack fusion lacks its coef, intercept or classes arrays")
+            model = LogisticRegression()
+            model.coef_, model.intercept_, model.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
+            model.n_features_in_ = model.coef_.shape[1]
+        acc = desc.get("val_accuracy")
+        return cls(desc["rule"], list(desc["modalities"]), {m: float(w) for m, w in desc["weights"].items()},
+                   int(desc["n_classes"]), float("nan") if acc is None else float(acc), model)
+
 
 def fit_fusion(P_val: np.ndarray, y_val: np.ndarray, rule: str, modalities: list[str], seed: int, k: int) -> Fusion:
     """Choose the fusion on the validation split only (see the module docstring)."""

@@ -369,3 +369,70 @@ def make_head(name: str, seed: int = 0, **params):
     if name in POOLED_KINDS:
         return PooledHead(kind=name, seed=seed, **params)
     raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
+
+
+# ------------------------------------------------------------------ pickle-free export (model bundles)
+def head_state(head) -> tuple[dict, dict]:
+    """A fitted head as (JSON-able description, dict of numpy arrays): what a model bundle stores
+    instead of a pickle, so loading one runs no code from the file."""
+    desc = {"class": type(head).__name__, "params": head.get_params(), "n_classes": int(head.n_classes_)}
+    if isinstance(head, LSTMHead):
+        arrays = {f"net.{k}": v.detach().cpu().numpy() for k, v in head.net_.state_dict().items()}
+        if head.standardize:
+            arrays["mean"], arrays["std"] = head.mean_, head.std_
+        return desc, arrays
+    scaler, model = head.pipeline_[0], head.pipeline_[-1]
+    arrays = {"scaler.mean": scaler.mean_, "scaler.scale": scaler.scale_, "classes": model.classes_}
+    if head.kind == "linear":
+        arrays.update({"coef": model.coef_, "intercept": model.intercept_})
+    else:
+        desc.update(activation=model.activation, out_activation=model.out_activation_, layers=len(model.coefs_))
+        for i, (w, b) in enumerate(zip(model.coefs_, model.intercepts_)):
+            arrays[f"coef.{i}"], arrays[f"intercept.{i}"] = w, b
+    return desc, arrays
+
+
+def head_from_state(desc: dict, arrays: dict):
+    """The inverse of `head_state`; raises ValueError naming what is missing or inconsistent."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import LabelBinarizer, StandardScaler
+
+    kinds = {"LSTMHead": LSTMHead, "PooledHead": PooledHead}
+    if desc.get("class") not in kinds:
+        raise ValueError(f"unknown head class {desc.get('class')!r}")
+    head = kinds[desc["class"]](**desc["params"])
+    head.n_classes_ = int(desc["n_classes"])
+    try:
+        if isinstance(head, LSTMHead):
+            state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net.")}
+            key = "proj.0.weight" if head.proj else "lstm.weight_ih_l0"
+            head.net_ = head._build(state[key].shape[1], head.n_classes_)
+            head.net_.load_state_dict(state)
+            head.net_.eval()
+            if head.standardize:
+                head.mean_, head.std_ = arrays["mean"].astype(np.float32), arrays["std"].astype(np.float32)
+            return head
+        scaler = StandardScaler()
+        scaler.mean_, scaler.scale_ = arrays["scaler.mean"], arrays["scaler.scale"]
+        scaler.var_, scaler.n_features_in_ = arrays["scaler.scale"] ** 2, len(arrays["scaler.mean"])
+        if head.kind == "linear":
+            model = LogisticRegression()
+            model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
+        else:
+            model = MLPClassifier(activation=desc["activation"])
+            n = int(desc["layers"])
+            model.coefs_ = [arrays[f"coef.{i}"] for i in range(n)]
+            model.intercepts_ = [arrays[f"intercept.{i}"] for i in range(n)]
+            model.n_layers_, model.n_outputs_ = n + 1, model.coefs_[-1].shape[1]
+            model.out_activation_ = desc["out_activation"]
+            model._label_binarizer = LabelBinarizer().fit(arrays["classes"])
+        model.classes_, model.n_features_in_ = arrays["classes"], len(arrays["scaler.mean"])
+        head.pipeline_ = make_pipeline(scaler, model)
+    except (KeyError, RuntimeError, IndexError) as exc:
+        raise ValueError(f"head arrays do not fit its description: {exc}") from None
+    if int(np.max(head.pipeline_[-1].classes_, initial=0)) >= head.n_classes_:
+        raise ValueError(f"head classes {list(head.pipeline_[-1].classes_)} exceed its {head.n_classes_} classes")
+    return head

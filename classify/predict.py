@@ -7,7 +7,8 @@ Runs whatever stages and features are missing for NEW's videos, with the bundle'
 (frames, size, resize, flow backend and bound, audio front end, caption cleaning, text model),
 then the bundle's heads and fusion, and writes `W2/predictions.csv`:
 
-    id, predicted, p_<class> (one column per class, the fused probabilities),
+    id, weights ("pretrained", or "random" when any backbone ran with random weights: such
+    predictions test the pipeline only), predicted, p_<class> (one column per class, the fused probabilities),
     <m>_predicted, <m>_probability (each modality's own label and its probability),
     modalities (the ones used, '+'-joined), missing ("audio: no audio stream; text: no caption")
 
@@ -17,8 +18,14 @@ and class names are keys, written as they are.)
 A video lacking a modality is predicted from the ones it has (the fusion renormalises over them);
 one with none gets an empty prediction and its reasons. Checkpoints are checked before anything
 is embedded: a backbone whose SHA-256 differs from the bundle's, or a work folder holding
-features made with other settings, is refused (exit 2) with the difference named. The manifest's
-`label` and `split` may be empty.
+features made with other settings, is refused (exit 2) with the difference named. The bundle is
+checked whole before any work (docs/bundles.md). The manifest needs only `id` and `path`
+(`python -m extract.manifest folder ROOT --unlabelled` writes one); `label` and `split` may be
+empty or absent.
+
+W2 must be a work folder of its own: a training work folder (one with `runs/`) is refused, and so
+is a video whose id already has stage outputs in W2 made from another source file (the stages'
+`<key>.source.json` records say which), since predicting would overwrite them.
 
 Exit codes: 0 every video predicted; 1 some videos could not be (failed in a stage or have no
 modality left), the rest are predicted; 2 the run failed (bad bundle or manifest, other weights).
@@ -26,7 +33,6 @@ modality left), the rest are predicted; 2 the run failed (bad bundle or manifest
 from __future__ import annotations
 
 import io
-import json
 import logging
 import sys
 from pathlib import Path
@@ -34,8 +40,9 @@ from typing import Sequence
 
 import numpy as np
 
-from classify.export import BUNDLE_FORMAT
-from extract import cli, csvcells, durable, stage
+from classify import bundle as bundle_files
+from classify.bundle import BUNDLE_FORMAT, BundleError  # noqa: F401 (re-exported)
+from extract import cli, csvcells, durable, provenance, stage
 from extract.layout import Work
 from extract.manifest import Video, read_manifest
 from features import backbones, cache
@@ -52,15 +59,33 @@ class BundleMismatch(ValueError):
     """The weights or settings found here are not the ones the bundle was trained with."""
 
 
-def load_bundle(folder) -> dict:
-    folder = Path(folder)
-    path = folder / "bundle.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a model bundle (no bundle.json); make one with classify.export")
-    bundle = json.loads(path.read_text(encoding="utf-8"))
-    if bundle.get("format") != BUNDLE_FORMAT:
-        raise BundleMismatch(f"{path}: bundle format {bundle.get('format')!r}, this version reads {BUNDLE_FORMAT}")
-    return bundle
+def load_bundle(folder) -> bundle_files.Loaded:
+    """The checked bundle (`classify.bundle.load`: hashes, paths, arrays, class counts)."""
+    return bundle_files.load(folder)
+
+
+def check_work(bundle: dict, videos: Sequence[Video], work: Path) -> None:
+    """Refuse a work folder whose data predicting would overwrite: a training one (with `runs/`),
+    or one holding stage outputs of a listed id made from another source file."""
+    w = Work(work)
+    if w.runs.is_dir():
+        raise cli.UserError(f"{work} holds trained runs (a training work folder); predict into a new folder, "
+                            f"predicting here would overwrite its stage outputs and feature caches")
+    clashes = []
+    for v in videos:
+        try:
+            here = provenance.provenance(v.path)["path"]
+        except OSError:
+            continue  # the stage reports the unreadable video
+        for name in bundle["stages"]:
+            record = provenance.read_source_record(w.output(name, v.id, ".npz"))
+            there = ((record or {}).get("source") or {}).get("path")
+            if there and there != here:
+                clashes.append(f"{v.id} ({name}: {there})")
+                break
+    if clashes:
+        raise cli.UserError(f"{work} already holds other videos under the ids {', '.join(clashes[:5])}"
+                            f"{' ...' if len(clashes) > 5 else ''}; predict into a new work folder or rename them")
 
 
 def _stage_modules() -> dict:
@@ -108,17 +133,16 @@ def embed(bundle: dict, videos: Sequence[Video], work: Path, weights: str, devic
     return counts
 
 
-def predict_proba(bundle_dir: Path, bundle: dict, videos: Sequence[Video], work: Path):
+def predict_proba(loaded: bundle_files.Loaded, videos: Sequence[Video], work: Path):
     """(ids, fused [n, K] with NaN rows for unpredictable videos, per-modality [M, n, K], reasons)."""
-    import joblib
-
+    bundle = loaded.bundle
     ids = [v.id for v in videos]
     index = {vid: i for i, vid in enumerate(ids)}
     names, k = bundle["modalities"], len(bundle["class_names"])
     P = np.full((len(names), len(ids), k), np.nan)
     reasons: dict[str, list[str]] = {vid: [] for vid in ids}
     for j, m in enumerate(names):
-        head = joblib.load(bundle_dir / bundle["features"][m]["head_file"])
+        head = loaded.heads[m]
         feats = cache.load(work, m)
         rows = [i for i, vid in enumerate(feats.ids) if vid in index]
         if rows:
@@ -126,7 +150,7 @@ def predict_proba(bundle_dir: Path, bundle: dict, videos: Sequence[Video], work:
         for vid, reason in cache.missing(work, m).items():
             if vid in reasons:
                 reasons[vid].append(f"{m}: {reason}")
-    fusion = joblib.load(bundle_dir / "fusion.joblib")
+    fusion = loaded.fusion
     have = ~np.isnan(P[:, :, 0]).all(axis=0)
     fused = np.full((len(ids), k), np.nan)
     if have.any():
@@ -134,15 +158,22 @@ def predict_proba(bundle_dir: Path, bundle: dict, videos: Sequence[Video], work:
     return ids, fused, P, reasons
 
 
+def random_modalities(bundle: dict) -> list[str]:
+    """The bundle's modalities whose backbone had random weights (their features test the pipeline only)."""
+    caches = {m: bundle["features"][m]["cache"] for m in bundle["modalities"]}
+    return [m for m, a in caches.items() if str(a.get("weights", "")).lower() == "random"]
+
+
 def predictions_csv(bundle: dict, ids, fused, P, reasons) -> str:
     names, classes = bundle["modalities"], bundle["class_names"]
+    weights = "random" if random_modalities(bundle) else "pretrained"
     buf = io.StringIO()
     writer = csvcells.writer(buf)
-    writer.writerow(["id", "predicted", *[f"p_{c}" for c in classes],
+    writer.writerow(["id", "weights", "predicted", *[f"p_{c}" for c in classes],
                      *[c for m in names for c in (f"{m}_predicted", f"{m}_probability")], "modalities", "missing"])
     for i, vid in enumerate(ids):
         ok = not np.isnan(fused[i, 0])
-        row = [vid, classes[int(fused[i].argmax())] if ok else "",
+        row = [vid, weights, classes[int(fused[i].argmax())] if ok else "",
                *([f"{p:.6f}" for p in fused[i]] if ok else [""] * len(classes))]
         used = []
         for j, m in enumerate(names):
@@ -159,10 +190,15 @@ def predict(model, videos: Sequence[Video], work, jobs: int = 0, device: str = "
             weights: str = "weights", loaders: int = 1) -> dict:
     """Stages, features, heads and fusion for `videos`; writes W/predictions.csv; returns counts."""
     model, work = Path(model), Path(work).resolve()
-    bundle = load_bundle(model)
+    loaded = load_bundle(model)
+    bundle = loaded.bundle
+    check_work(bundle, videos, work)
+    banner = cache.banner_for_attributes({m: bundle["features"][m]["cache"] for m in bundle["modalities"]})
+    if banner:  # the bundle's heads were trained on features of untrained networks
+        print(banner, flush=True)
     summaries = run_stages(bundle, videos, work, jobs)
     embed(bundle, videos, work, weights, device, loaders)
-    ids, fused, P, reasons = predict_proba(model, bundle, videos, work)
+    ids, fused, P, reasons = predict_proba(loaded, videos, work)
     out = Work(work).predictions
     durable.atomic_write_bytes(out, predictions_csv(bundle, ids, fused, P, reasons).encode("utf-8"))
     predicted = int((~np.isnan(fused[:, 0])).sum())
@@ -174,7 +210,7 @@ def predict(model, videos: Sequence[Video], work, jobs: int = 0, device: str = "
 def parser():
     p = cli.parser("python -m classify.predict", __doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a bundle folder written by classify.export")
-    p.add_argument("--manifest", required=True, help="the videos to predict (label and split may be empty)")
+    p.add_argument("--manifest", required=True, help="the videos to predict (id,path suffice)")
     p.add_argument("--work", required=True, help="work folder for their stages and features")
     p.add_argument("--jobs", type=int, default=0, help="videos in parallel in the stages (0: all cores)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

@@ -17,6 +17,7 @@ JavaScript. The folder is replaced atomically.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -27,7 +28,7 @@ import numpy as np
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
 from extract import cli, frames
 from extract.durable import atomic_dir
-from extract.layout import as_work, file_key
+from extract.layout import as_work, check_out, file_key
 from extract.manifest import read_manifest
 from features import cache
 
@@ -149,14 +150,22 @@ def read_table(table_dir) -> dict:
     return read_json(path)
 
 
-def write_report(work, manifest, out=None, table_dir=None) -> Path:
+REPORT_MARKER = ".dmver-report"
+# What a report folder held before it carried REPORT_MARKER (such a folder may still be replaced).
+LEGACY_REPORT = frozenset({"index.html", "thumbs", "confusion_joint.png", "per_class_recall.png"})
+
+
+def write_report(work, manifest, out=None, table_dir=None, force: bool = False) -> Path:
     """Write the report folder (atomically) for the table in `table_dir` (default: the work
-    folder's, `W/table/`) and return the page's path."""
+    folder's, `W/table/`) and return the page's path. `out` is checked first (`layout.check_out`):
+    a folder that is not a previous report is refused unless `force`, work-folder data always."""
     work = as_work(work)
-    out = Path(out) if out else work.report
+    out = check_out(out if out else work.report, REPORT_MARKER, LEGACY_REPORT, force)
     table_dir = Path(table_dir) if table_dir else work.table()
     table = read_table(table_dir)
     with atomic_dir(out) as tmp:
+        (tmp / REPORT_MARKER).write_text(json.dumps({"kind": "dmver-report", "work": str(work)}) + "\n",
+                                         encoding="utf-8")
         (tmp / "index.html").write_text(render(page_context(work, manifest, table, table_dir, tmp)), encoding="utf-8")
     return out / "index.html"
 
@@ -166,12 +175,15 @@ def parser():
     p.add_argument("--manifest", default=DEFAULT_MANIFEST)
     p.add_argument("--work", default=DEFAULT_WORK)
     p.add_argument("--table", help="the folder classify.table wrote (default WORK/table)")
-    p.add_argument("--out", help="report folder (default WORK/report)")
+    p.add_argument("--out", help="report folder (default WORK/report); replaced whole, so it must be new, empty "
+                                 "or a previous report")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out that is not a previous report "
+                                                        "(never a work folder's data)")
     return p
 
 
 def _main(args) -> int:
-    page = write_report(args.work, args.manifest, args.out, args.table)
+    page = write_report(args.work, args.manifest, args.out, args.table, args.force)
     print(f"wrote the report {page} (open it in a browser; it needs no server)")
     return cli.EXIT_OK
 

@@ -113,3 +113,69 @@ class Work:
 def as_work(work: "str | os.PathLike | Work") -> Work:
     """Accept a `Work` or a bare folder (the commands' `--work`)."""
     return work if isinstance(work, Work) else Work(work)
+
+
+# ------------------------------------------------------------------ output folders that replace themselves
+SETTINGS_FILE = "settings.json"
+
+
+def is_work_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a work folder's data: a `features/` or `runs/` folder, or a stage folder
+    (a sub-folder with its `settings.json`). The one test every `--out` check uses."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if (p / Work.FEATURES).is_dir() or (p / Work.RUNS).is_dir():
+        return True
+    try:
+        return any(c.is_dir() and (c / SETTINGS_FILE).is_file() for c in p.iterdir())
+    except OSError:
+        return False
+
+
+def _work_data(root: Path) -> list[Path]:
+    """The folders of a work folder that hold its data (features, runs, stages)."""
+    out = [root / Work.FEATURES, root / Work.RUNS]
+    out += [c for c in root.iterdir() if c.is_dir() and (c / SETTINGS_FILE).is_file()]
+    return out
+
+
+def work_data_conflict(path: str | os.PathLike) -> str | None:
+    """Why `path` may not be replaced as an output folder, or None: it is a work folder, lies inside
+    one's data (features, runs, a stage folder), or contains a work folder."""
+    p = Path(os.path.abspath(path))
+    for a in [p, *p.parents]:
+        if is_work_folder(a):
+            if a == p:
+                return "it is a work folder"
+            if any(p == d or d in p.parents for d in _work_data(a)):
+                return f"it lies inside the data of the work folder {a}"
+    if p.is_dir():
+        for dirpath, dirnames, _ in os.walk(p):
+            if is_work_folder(dirpath):
+                return f"it contains the work folder {dirpath}"
+    return None
+
+
+def check_out(path: str | os.PathLike, marker: str, legacy: frozenset = frozenset(), force: bool = False) -> Path:
+    """The absolute folder an `--out` may replace whole, or a `UserError` naming it and why.
+
+    Allowed: a missing or empty folder, or one holding `marker` (written into every bundle or
+    report of that kind); also one whose entries all belong to `legacy` (made before the marker
+    existed). `force` allows any other folder, except work-folder data, which is never replaced."""
+    from extract.cli import UserError
+
+    p = Path(os.path.abspath(path))
+    why = work_data_conflict(p)
+    if why:
+        raise UserError(f"refusing --out {p}: {why}; choose a new folder")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"refusing --out {p}: it is a file, not a folder")
+    if p == Path(p.anchor) or p == Path.home() or p == Path.cwd():
+        raise UserError(f"refusing --out {p}: it is the root, home or current folder; choose a new folder")
+    if p.is_dir() and not force:
+        entries = [c.name for c in p.iterdir()]
+        if entries and marker not in entries and not all(e in legacy for e in entries):
+            raise UserError(f"refusing --out {p}: the folder is not empty and holds no {marker} (not a previous "
+                            f"output of this command); choose a new folder or pass --force to replace it")
+    return p

@@ -22,7 +22,7 @@ import random
 import re
 import sys
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -68,18 +68,18 @@ def _float_or_none(value: str | None) -> float | None:
 
 
 def read_manifest(path: str | os.PathLike, require_split: bool = True, require_label: bool = True) -> list[Video]:
-    """Read and validate a manifest; relative video paths are resolved against its folder.
-
-    A manifest without a single video is an error: every command reading one has nothing to do."""
-    videos = read_rows(path)
+    """Read and validate a manifest; relative video paths are resolved against its folder. A manifest
+    without a single video is an error: every command reading one has nothing to do."""
+    videos = read_rows(path, ["id", "path"] + ["label"] * require_label + ["split"] * require_split)
     if not videos:
         raise ManifestError(f"{path} has no videos")
     validate(videos, require_split=require_split, require_label=require_label, source=str(path))
     return videos
 
 
-def read_rows(path: str | os.PathLike) -> list[Video]:
+def read_rows(path: str | os.PathLike, required: Sequence[str] = ("id", "path", "label", "split")) -> list[Video]:
     """The rows of a manifest as videos, without `validate` (`check` reports its problems itself).
+    `required`: the columns the header must have (an unlabelled manifest: just `id,path`).
 
     Captions and paths are read back through `csvcells.unguard` (the spreadsheet guard of
     `write_manifest`); cells may be of any length."""
@@ -92,9 +92,9 @@ def read_rows(path: str | os.PathLike) -> list[Video]:
     except csvcells.CsvError as exc:
         raise ManifestError(str(exc)) from None
     header = records[0][1] if records else []
-    missing = {"id", "path", "label", "split"} - set(header)
+    missing = [c for c in required if c not in header]
     if missing:
-        raise ManifestError(f"{path}: missing column(s) {sorted(missing)}; the header must start with id,path,label,split")
+        raise ManifestError(f"{path}: missing column(s) {missing}; the header must have {','.join(required)}")
     videos = []
     for first, cells in records[1:]:
         row = dict(zip(header, cells))
@@ -113,21 +113,18 @@ def read_rows(path: str | os.PathLike) -> list[Video]:
     return videos
 
 
-def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
-    """Write atomically; optional columns appear only when some video uses them.
+def write_manifest(path: str | os.PathLike, videos: Sequence[Video], unlabelled: bool = False) -> Path:
+    """Write atomically; optional columns appear only when some video uses them (`unlabelled`:
+    no label and split columns, a manifest of videos to predict).
 
     LF line ends; captions and paths go through `csvcells.guard` so that a spreadsheet never
     runs them as formulas (ids, labels, splits and groups are keys, written as they are)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.resolve().parent
-    columns = ["id", "path", "label", "split"]
-    if any(v.start is not None or v.end is not None for v in videos):
-        columns += ["start", "end"]
-    if any(v.text for v in videos):
-        columns.append("text")
-    if any(v.group for v in videos):
-        columns.append("group")
+    columns = ((["id", "path"] if unlabelled else ["id", "path", "label", "split"])
+               + ["start", "end"] * any(v.start is not None or v.end is not None for v in videos)
+               + ["text"] * any(v.text for v in videos) + ["group"] * any(v.group for v in videos))
     buf = io.StringIO()
     writer = csvcells.dict_writer(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -141,8 +138,7 @@ def write_manifest(path: str | os.PathLike, videos: Sequence[Video]) -> Path:
                 row["path"] = str(p)
         for key in ("start", "end"):
             row[key] = "" if row[key] is None else f"{row[key]:.4f}"
-        row["text"] = row["text"] or ""
-        row["group"] = row["group"] or ""
+        row["text"], row["group"] = row["text"] or "", row["group"] or ""
         writer.writerow(csvcells.guard_fields(row, FREE_TEXT))
     durable.atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
@@ -342,6 +338,18 @@ def group_from_name(pattern: re.Pattern | None, videos: list[Video]) -> list[Vid
     return out
 
 
+def _found(folder: Path, root: Path, label: str, split: str) -> list[Video]:
+    """The video files below `folder` (id: path below `root` without extension; `<video>.txt`: caption)."""
+    videos = []
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+            cap = f.with_suffix(".txt")
+            text = cap.read_text(encoding="utf-8-sig", errors="replace").strip() if cap.is_file() else None
+            videos.append(Video(f.relative_to(root).with_suffix("").as_posix(), str(f.resolve()), label, split,
+                                text=text or None))
+    return videos
+
+
 def from_folder(root: str | os.PathLike, group_regex: str | None = None) -> list[Video]:
     """One sub-folder per class (DMVER, Music-video): `ROOT/<class>/<video>`.
 
@@ -360,15 +368,19 @@ def from_folder(root: str | os.PathLike, group_regex: str | None = None) -> list
     groups = [(p.name, c) for p in top for c in sorted(q for q in p.iterdir() if q.is_dir())] if split_layout else [("", p) for p in top]
     videos = []
     for split, class_dir in groups:
-        for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
-                caption = f.with_suffix(".txt")
-                text = caption.read_text(encoding="utf-8-sig", errors="replace").strip() if caption.is_file() else None
-                videos.append(Video(id=f.relative_to(root).with_suffix("").as_posix(), path=str(f.resolve()),
-                                    label=class_dir.name, split=split, text=text or None))
+        videos += _found(class_dir, root, class_dir.name, split)
     if not videos:
         raise ManifestError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in class folders below {root}")
     return group_from_name(pattern, videos)
+
+
+def from_tree(root: str | os.PathLike) -> list[Video]:
+    """Every video file below ROOT at any depth, unlabelled (videos to predict); ids as `from_folder`'s."""
+    videos = _found(Path(root), Path(root), "", "") if Path(root).is_dir() else []
+    if not videos:
+        raise ManifestError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) below {root}")
+    validate(videos, require_split=False, require_label=False, source=str(root))
+    return videos
 
 
 def from_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None,
@@ -535,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="source", required=True)
     p_folder = sub.add_parser("folder", help="one sub-folder per class (DMVER, Music-video)")
     p_folder.add_argument("root")
+    p_folder.add_argument("--unlabelled", action="store_true", help="every video below ROOT, no label or split")
     p_list = sub.add_parser("list", help="published list file: 'path , label' lines, labels -1/0/1")
     p_list.add_argument("file")
     p_list.add_argument("--root", help="folder the list's relative paths start from (default: the list's folder)")
@@ -560,6 +573,10 @@ def _main(args) -> int:
         report, code = check(args.manifest)
         print(report, end="")
         return code
+    if args.source == "folder" and args.unlabelled:  # videos to predict: no label, no split
+        videos = from_tree(args.root)
+        print(f"wrote {write_manifest(args.out, videos, unlabelled=True)}: {len(videos)} unlabelled videos")
+        return 0
     if args.source == "folder":
         videos = from_folder(args.root, args.group_regex)
     elif args.source == "list":
@@ -570,9 +587,7 @@ def _main(args) -> int:
     videos = assign_splits(videos, seed=args.seed)
     _warn_missing(videos)
     write_manifest(args.out, videos)
-    counts = defaultdict(int)
-    for v in videos:
-        counts[(v.label, v.split)] += 1
+    counts = Counter((v.label, v.split) for v in videos)
     summary = ", ".join(f"{c}: {sum(counts[(c, s)] for s in SPLITS)} ({'/'.join(str(counts[(c, s)]) for s in SPLITS)})"
                         for c in class_names(videos))
     groups = len({v.group for v in videos if v.group})

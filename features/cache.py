@@ -513,11 +513,14 @@ def fingerprint(work: str | os.PathLike, modality: str) -> str:
 
 def random_weights_banner(work: str | os.PathLike, modalities: Iterable[str]) -> str | None:
     """The warning every report prints first when a backbone ran with random weights."""
+    return banner_for_attributes({m: attributes(work, m) for m in modalities if exists(work, m)})
+
+
+def banner_for_attributes(attrs: dict) -> str | None:
+    """The random-weights warning for caches described by `attrs` (modality -> cache attributes, as
+    `attributes` returns them or a model bundle records them); None when all were pretrained."""
     random_ones = []
-    for m in modalities:
-        if not exists(work, m):
-            continue
-        a = attributes(work, m)
+    for m, a in attrs.items():
         if str(a.get("weights", "")).lower() == "random":
             random_ones.append(f"{m} ({a['backbone']})" if a.get("backbone") else m)
     if not random_ones:

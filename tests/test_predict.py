@@ -69,7 +69,7 @@ def test_bundle_layout_and_card(trained):
     assert bundle["features"]["rgb"]["cache"]["sha256"] == "random"
     assert bundle["features"]["text"]["cache"]["text_model"] == "all-MiniLM-L6-v2"
     for m in MODALITIES:
-        assert (trained["bundle"] / "heads" / f"{m}.joblib").is_file()
+        assert (trained["bundle"] / "heads" / f"{m}.npz").is_file()
     card = json.loads((trained["bundle"] / "card.json").read_text())
     assert card["metrics"]["fused"]["accuracy"] == trained["fused"].metrics["joint"]["accuracy"]
     assert len(card["manifest_sha256"]) == 64 and "RANDOM" in card["random_weights"]
@@ -108,6 +108,9 @@ def test_other_weights_or_settings_are_refused(trained, tmp_path):
     bundle = json.loads((other / "bundle.json").read_text())
     bundle["features"]["text"]["cache"]["sha256"] = "0" * 64
     (other / "bundle.json").write_text(json.dumps(bundle))
+    import hashlib  # resealed, as a deliberate edit would be: the checkpoint check must still catch it
+
+    (other / "bundle.sha256").write_text(hashlib.sha256((other / "bundle.json").read_bytes()).hexdigest() + "\n")
     code, out, err = quiet(predict_cli.main, ["--model", str(other), "--manifest", str(new), "--work",
                                               str(tmp_path / "w"), "--device", "cpu", "--loaders", "0"])
     assert code == 2 and "text" in err and "sha256" in err and len(err.strip().splitlines()) == 1
