@@ -37,6 +37,12 @@ def _cell_text(cell: dict, metric: str, with_ci: bool) -> str:
     return text
 
 
+def _interval_name(metric: str) -> str:
+    if metric == "accuracy":
+        return f"{stats.ACCURACY_INTERVAL} interval over test videos"
+    return "bootstrap interval over test videos"
+
+
 def find_cell(table: dict, row: str, column: str) -> dict | None:
     return next((c for c in table["cells"] if c["row"] == row and c["column"] == column), None)
 
@@ -90,7 +96,7 @@ def markdown(table: dict) -> str:
     table follow in a table of their own, marked as not published. The headline metric (with
     its bootstrap interval) first, then the two others (mean ± std)."""
     published = table["published_source"] is not None
-    name = DATASET_NAMES[table["dataset"]]
+    name = table.get("dataset_name") or DATASET_NAMES[table["dataset"]]
     seed_rows = [r for r in table["rows"] if r["in_published_table"]]
     extra_rows = [r for r in table["rows"] if not r["in_published_table"]]
     n_seeds = len(table["seeds"])
@@ -101,8 +107,10 @@ def markdown(table: dict) -> str:
     lines = []
     if table["banner"]:
         lines += [table["banner"], ""]
+    if table.get("published_warning"):
+        lines += [f"**Warning**: {table['published_warning']}.", ""]
     lines += [f"## Emotion recognition results on {name} ({protocol.title(prot['cv'], prot['folds'])})", "",
-              f"{METRIC_NAMES[metric]} (%), mean ± std over {over} [95 % bootstrap interval over test videos]"
+              f"{METRIC_NAMES[metric]} (%), mean ± std over {over} [95 % {_interval_name(metric)}]"
               + (f"; \"published\" = {table['published_source']}." if published and metric == "accuracy" else "."), ""]
     notes: list[str] = []
     lines += _grid(table, seed_rows, metric, published and metric == "accuracy", notes, with_ci=True)
@@ -128,6 +136,8 @@ def markdown(table: dict) -> str:
             weights.append(f"{c['row']} " + ", ".join(f"{m} {w:.2f}" for m, w in c["weights"].items()))
     fixed_heads = "".join(f" (the {r} row always uses {h})" for r, h in table["fixed_heads"].items())
     joints = [c for c in table["cells"] if c["kind"] == "joint" and c.get("p_by_metric")]
+    if table.get("small_test_warning"):
+        lines.append(f"- **Warning**: {table['small_test_warning']}.")
     if table.get("leaking_groups"):
         lines.append(f"- **Warning**: the manifest's splits put {table['leaking_groups']}; a classifier may "
                      f"recognise them instead of the emotion (`python -m extract.manifest check`; `--cv K` keeps "
@@ -139,9 +149,12 @@ def markdown(table: dict) -> str:
         f"the single runs' class probabilities, chosen on the validation split)"
         + (f"; mean weights: {'; '.join(weights)}." if weights else "."),
         *_protocol_lines(table, fewer),
-        f"- [low, high]: 95 % bootstrap interval of the {METRIC_NAMES[metric].lower()} over the test videos "
-        f"({stats.N_BOOT} resamples of the videos, seed {stats.SEED}; on each resample the mean over "
-        f"{'the seeds' if fixed else 'the seeds, each pooling all folds'}).",
+        (f"- [low, high]: 95 % {stats.ACCURACY_INTERVAL} interval of the accuracy: the test videos right (mean "
+         f"over {'the seeds' if fixed else 'the seeds, each pooling all folds'}) out of those scored; valid at any "
+         f"number of test videos." if metric == "accuracy" else
+         f"- [low, high]: 95 % bootstrap interval of the {METRIC_NAMES[metric].lower()} over the test videos "
+         f"({stats.N_BOOT} resamples of the videos, seed {stats.SEED}; on each resample the mean over "
+         f"{'the seeds' if fixed else 'the seeds, each pooling all folds'})."),
     ]
     if joints:
         ns = [f"{c['row']} (p = {c['p_by_metric'][metric]:.3f} against {c['best_single_by_metric'][metric]['modality']})"

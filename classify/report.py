@@ -1,9 +1,9 @@
 """`make report`: one static HTML page to look at the results and at the test videos.
 
-    python -m classify.report --manifest M --work W [--table W/table] [--out W/report]
+    python -m classify.report --manifest M --work W [--table W/table/fixed-lstm] [--out W/report]
 
 Reads what `classify.table --out DIR` wrote (`DIR/table.md`, `table.json`, the figures; DIR is
-`W/table/` by default, as for `make table`) and the runs it used, and writes
+by default the table folder under `W/table/` written last, and the command says which) and the runs it used, and writes
 `W/report/index.html` with everything it shows beside it (figures, thumbnail JPEGs): it opens
 from disk, with no server, no network and nothing fetched from elsewhere.
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classify import published
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
 from extract import cli, frames
 from extract.durable import atomic_dir
@@ -75,10 +76,30 @@ def _bars(proba: np.ndarray, classes: list[str]) -> list[dict]:
     return [{"name": c, "p": float(p), "top": i == top} for i, (c, p) in enumerate(zip(classes, proba))]
 
 
-def page_context(work, manifest, table: dict, table_dir: Path, out: Path) -> dict:
-    """Everything the template shows, from the table in `table_dir`; writes the thumbnails into `out`."""
+_NO_MARKUP = ("html", "entity", "link", "image_link", "reference", "image_reference", "short_reference",
+              "short_image_ref", "autolink", "automail")
+
+
+def safe_markdown(text: str) -> str:
+    """Markdown to HTML with no raw HTML, no links and no images: the table's text carries names
+    from the manifest (groups, classes), which must show as text, never run as markup. Every
+    character that HTML reads is escaped first, and the Markdown patterns that make tags from
+    text are switched off."""
+    import html
+
     import markdown
 
+    md = markdown.Markdown(extensions=["tables"])
+    for name in _NO_MARKUP:
+        if name in md.inlinePatterns:
+            md.inlinePatterns.deregister(name)
+    if "html_block" in md.preprocessors:
+        md.preprocessors.deregister("html_block")
+    return md.convert(html.escape(text, quote=True))
+
+
+def page_context(work, manifest, table: dict, table_dir: Path, out: Path) -> dict:
+    """Everything the template shows, from the table in `table_dir`; writes the thumbnails into `out`."""
     videos = {v.id: v for v in read_manifest(manifest)}
     classes = table["class_names"]
     cell, run = _browser_run(table)
@@ -122,9 +143,11 @@ def page_context(work, manifest, table: dict, table_dir: Path, out: Path) -> dic
                    + f", seed {table['seeds'][0]}; test accuracy {100 * joint_metrics['accuracy']:.2f} % on "
                    f"{joint_metrics['n']} videos ({sum(r['error'] for r in rows)} errors).")
     return {
-        "title": "DMVER benchmark report", "work": str(as_work(work).root), "manifest": str(manifest),
+        "title": f"{table.get('dataset_name') or published.DATASET_NAMES.get(table['dataset'], 'this dataset')} "
+                 "benchmark report",
+        "warnings": [w for w in (table.get("small_test_warning"), table.get("published_warning")) if w], "work": str(as_work(work).root), "manifest": str(manifest),
         "created": time.strftime("%Y-%m-%d %H:%M"), "banner": table.get("banner"),
-        "table_html": markdown.markdown(md, extensions=["tables"]), "figures": figures,
+        "table_html": safe_markdown(md), "figures": figures,
         "fusion_weights": weights,
         "weight_modalities": list(dict.fromkeys(m for w in weights for m in w["weights"])),
         "class_names": classes, "videos": rows,
@@ -149,12 +172,21 @@ def read_table(table_dir) -> dict:
     return read_json(path)
 
 
+def default_table(work) -> Path:
+    """The table folder the report shows by default: the one written last under `W/table/`."""
+    work = as_work(work)
+    latest = work.latest_table()
+    if latest is None:
+        raise cli.UserError(f"no table under {work.tables}: run `make table` (python -m classify.table) first")
+    return latest
+
+
 def write_report(work, manifest, out=None, table_dir=None) -> Path:
-    """Write the report folder (atomically) for the table in `table_dir` (default: the work
-    folder's, `W/table/`) and return the page's path."""
+    """Write the report folder (atomically) for the table in `table_dir` (default: the one
+    written last under `W/table/`, see `default_table`) and return the page's path."""
     work = as_work(work)
     out = Path(out) if out else work.report
-    table_dir = Path(table_dir) if table_dir else work.table()
+    table_dir = Path(table_dir) if table_dir else default_table(work)
     table = read_table(table_dir)
     with atomic_dir(out) as tmp:
         (tmp / "index.html").write_text(render(page_context(work, manifest, table, table_dir, tmp)), encoding="utf-8")
@@ -165,13 +197,17 @@ def parser():
     p = cli.parser("python -m classify.report", __doc__.split("\n\n")[0])
     p.add_argument("--manifest", default=DEFAULT_MANIFEST)
     p.add_argument("--work", default=DEFAULT_WORK)
-    p.add_argument("--table", help="the folder classify.table wrote (default WORK/table)")
+    p.add_argument("--table", help="the folder classify.table wrote (default: the one under WORK/table "
+                                   "written last, e.g. WORK/table/fixed-lstm)")
     p.add_argument("--out", help="report folder (default WORK/report)")
     return p
 
 
 def _main(args) -> int:
-    page = write_report(args.work, args.manifest, args.out, args.table)
+    table_dir = Path(args.table) if args.table else default_table(args.work)
+    if not args.table:
+        print(f"showing the table {table_dir} (the one written last; --table DIR chooses another)")
+    page = write_report(args.work, args.manifest, args.out, table_dir)
     print(f"wrote the report {page} (open it in a browser; it needs no server)")
     return cli.EXIT_OK
 
