@@ -194,7 +194,7 @@ def test_a_fixed_split_table_warns_when_the_manifest_leaks_groups(tmp_path):
     rc, stdout, stderr = _table(["--manifest", str(manifest), "--work", str(work), "--seeds", "1", "--cv", "3"])
     assert rc == 0, stderr
     assert "Warning" not in stdout and "leaking_groups" not in stderr
-    assert json.loads((work / "table" / "fixed-lstm" / "table.json").read_text(encoding="utf-8"))["leaking_groups"] is None
+    assert json.loads((work / "table" / "cv3-lstm" / "table.json").read_text(encoding="utf-8"))["leaking_groups"] is None
 
 
 def test_runs_trained_in_parallel_are_the_sequential_runs(tmp_path):
