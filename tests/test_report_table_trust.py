@@ -19,7 +19,7 @@ from classify import table as tbl
 from extract.manifest import read_manifest, write_manifest
 from features import bench_cache
 
-JS = "window.__pwned=1;document.title='pwned'"
+JS = "window.__pwned=1"  # no quotes: survives repr() into the leak warning
 PAYLOADS = {"id": f"<img src=x onerror=\"{JS}\">", "class": f"<svg onload=\"{JS}\">",
             "group": f"<img src=y onerror=\"{JS}\">", "text": f"<script>{JS}</script>",
             "path": f"<iframe src=\"javascript:{JS}\">", "link": f"[click](javascript:{JS})"}
@@ -103,7 +103,7 @@ def test_no_payload_runs_in_a_real_browser(hostile, tmp_path):
         for el in driver.find_elements(By.CSS_SELECTOR, "tr.video td, .bar, a, #results td, #results li"):
             driver.execute_script("for (const e of ['mouseover','click','focus']) arguments[0].dispatchEvent(new Event(e))", el)
         assert driver.execute_script("return window.__pwned === undefined")
-        assert driver.title != "pwned" and "benchmark report" in driver.title
+        assert "benchmark report" in driver.title
         assert "<img src=y onerror=" in driver.find_element(By.ID, "results").text  # shown as text
     finally:
         driver.quit()
