@@ -171,3 +171,13 @@ def test_make_passes_the_table_options_through():
         assert opt in line, (opt, line)
     rep = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(root), "report", "TABLE=w/table/cv5-mlp"], capture_output=True, text=True)
     assert "--table w/table/cv5-mlp" in rep.stdout
+
+
+def test_the_videos_are_a_csv_download(hostile):
+    import csv
+
+    folder = hostile["page"].parent
+    assert 'href="videos.csv"' in hostile["page"].read_text(encoding="utf-8")
+    with open(folder / "videos.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == hostile["table"]["n_test"] and rows[0]["id"].startswith(PAYLOADS["id"])
