@@ -181,3 +181,54 @@ def test_the_videos_are_a_csv_download(hostile):
     with open(folder / "videos.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == hostile["table"]["n_test"] and rows[0]["id"].startswith(PAYLOADS["id"])
+
+
+def test_cv_report_shows_every_video_once_with_the_mean_over_seeds(tmp_path):
+    import csv
+
+    import numpy as np
+
+    work = tmp_path / "work"
+    bench_cache.synthetic_cache(work, 45, signal=True)
+    manifest = bench_cache.write_synthetic_manifest(tmp_path / "manifest.csv", 45)
+    common = ["--manifest", str(manifest), "--work", str(work), "--seeds", "2", "--extra-rows", "none"]
+    assert _quiet(tbl.main, common + ["--cv", "3"])[0] == 0
+    assert _quiet(report.main, ["--manifest", str(manifest), "--work", str(work)])[0] == 0
+    table = json.loads((work / "table" / "cv3-lstm" / "table.json").read_text())
+    cell, _ = report._browser_run(table)
+    with open(work / "report" / "videos.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == table["n_test"] == 45  # every video once, not fold 0's only
+    # each video's fused probabilities: the mean over the seeds' runs of the fold that tested it
+    expected = {}
+    for run in cell["runs"]:
+        with np.load(Path(run) / "predictions.npz") as p:
+            for vid, proba in zip(p["test_ids"].tolist(), p["test_proba"]):
+                expected.setdefault(vid, []).append(proba)
+    assert all(len(v) == 2 for v in expected.values())
+    for r in rows:
+        mean = np.mean(expected[r["id"]], axis=0)
+        got = [float(r[f"p_{c}"]) for c in table["class_names"]]
+        assert np.allclose(got, mean, atol=1e-5), r["id"]
+    html = (work / "report" / "index.html").read_text(encoding="utf-8")
+    assert html.count('class="video ') == 45 and "mean of the class probabilities over 2 seeds" in html
+    assert "out-of-fold" in html
+
+
+def test_the_video_table_fits_1366_pixels(hostile, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = _browser(tmp_path, width=1366)
+    try:
+        driver.get(hostile["page"].resolve().as_uri())
+        assert driver.execute_script("return window.innerWidth") <= 1366
+        box = driver.find_element(By.CSS_SELECTOR, ".scroll")
+        table = driver.find_element(By.ID, "videos")
+        sizes = driver.execute_script("return [arguments[0].scrollWidth, arguments[0].clientWidth, "
+                                      "document.documentElement.scrollWidth, document.documentElement.clientWidth, "
+                                      "arguments[1].getBoundingClientRect().width]", box, table)
+        assert sizes[0] <= sizes[1] and sizes[2] <= sizes[3], sizes
+        driver.save_screenshot(str(tmp_path / "report-1366.png"))
+    finally:
+        driver.quit()
