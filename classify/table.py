@@ -6,7 +6,7 @@
 
 The work is split by job: `classify.rows` (the rows: the published three as data, the others
 derived from the modality registry), `classify.cells` (training or reusing the runs, fusing,
-scoring each cell with its bootstrap interval and significance test), `classify.render`
+scoring each cell with its interval and significance test), `classify.render`
 (Markdown, CSV), `classify.figures` (PNG figures) and `classify.published` (the published
 numbers). This module is the command: it picks the rows, builds the table and writes it.
 
