@@ -2,8 +2,9 @@
 
 Both read only the dict `classify.cells.build_table` returns (or its table.json), so a table
 can be rendered again without its runs. The Markdown puts the random-weights banner first, the
-headline metric with its bootstrap interval, then the two other metrics; rows beyond the
-published table follow in tables of their own, and a footer states the settings.
+headline metric with its 95 % interval (exact binomial for accuracy, bootstrap otherwise), then
+the two other metrics; rows beyond the published table follow in tables of their own, and a
+footer states the settings and the warnings (small test split, leaking groups).
 """
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def _protocol_lines(table: dict, fewer: str) -> list[str]:
 def markdown(table: dict) -> str:
     """The table as Markdown, the random-weights banner (if any) first; rows beyond the seed's
     table follow in a table of their own, marked as not published. The headline metric (with
-    its bootstrap interval) first, then the two others (mean ± std)."""
+    its 95 % interval) first, then the two others (mean ± std)."""
     published = table["published_source"] is not None
     name = table.get("dataset_name") or DATASET_NAMES[table["dataset"]]
     seed_rows = [r for r in table["rows"] if r["in_published_table"]]
