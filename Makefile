@@ -14,6 +14,9 @@
 #   GPUS_PER_TASK  GPU resources per Dask task of flow and features (workers started with --resources GPU=1)
 #   CV        evaluation protocol of `make table` / `make bench-classify`: empty = the manifest's fixed split,
 #             K = group-aware K-fold cross-validation, groups = leave-one-group-out (see classify/protocol.py)
+#   HEAD, RULE, METRIC, EXTRA_ROWS, OUT  `make table`'s --head, --rule, --metric, --extra-rows, --out
+#             (empty = the command's default; the table goes to WORK/table/<protocol>-<head>/ unless OUT says)
+#   TABLE     the table folder `make report` shows (default: the one written last under WORK/table/)
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
 #   PREDICT_WORK  work folder of `make predict` (default WORK-predict: never the training work folder)
 #
@@ -43,6 +46,15 @@ BACKEND      ?= $(if $(SCHEDULER),dask)
 GPUS_PER_TASK ?= 0
 CV           ?=
 CV_ARGS      := $(if $(strip $(CV)),--cv $(strip $(CV)))
+HEAD         ?=
+RULE         ?=
+METRIC       ?=
+EXTRA_ROWS   ?=
+OUT          ?=
+TABLE        ?=
+TABLE_ARGS   := $(if $(strip $(HEAD)),--head $(strip $(HEAD))) $(if $(strip $(RULE)),--rule $(strip $(RULE))) \
+                $(if $(strip $(METRIC)),--metric $(strip $(METRIC))) $(if $(strip $(EXTRA_ROWS)),--extra-rows "$(strip $(EXTRA_ROWS))") \
+                $(if $(strip $(OUT)),--out $(strip $(OUT)))
 
 # The demo runs the whole pipeline on the sample at a smaller geometry so it ends in minutes.
 DEMO_WORK    ?= work/demo
@@ -101,11 +113,11 @@ weights: $(STAMP)
 	$(PY) -m features.weights --out $(WEIGHTS) $(if $(NAMES),--only $(NAMES))
 
 table: $(STAMP)
-	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) --jobs $(JOBS) $(CV_ARGS)
+	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) --jobs $(JOBS) $(CV_ARGS) $(TABLE_ARGS)
 
 # report: WORK/report/index.html, a static page of the table, figures and test videos (after make table).
 report: $(STAMP)
-	$(PY) -m classify.report --manifest $(MANIFEST) --work $(WORK)
+	$(PY) -m classify.report --manifest $(MANIFEST) --work $(WORK) $(if $(strip $(TABLE)),--table $(strip $(TABLE)))
 
 # predict: apply a bundle (python -m classify.export ... --out MODEL) to MANIFEST's videos (`id,path`
 # suffice) in PREDICT_WORK; exit 1 (some videos could not be predicted) is reported and does not stop make.

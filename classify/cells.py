@@ -3,8 +3,9 @@
 `build_table` returns the whole table as a JSON-ready dict (fractions). Every cell is the test
 accuracy, balanced accuracy and macro-F1 as mean ± std over seeds (with `--cv K|groups`, over
 folds × seeds: `classify.protocol`); seed S of a joint cell fuses the single runs of seed S
-(`classify.fuse`) on the same fold. Each cell also gets a bootstrap 95 % interval over the test
-videos (`ci95`), and each joint cell a paired test against the best single modality it fuses
+(`classify.fuse`) on the same fold. Each cell also gets a 95 % interval of its accuracy (`ci95`,
+Clopper-Pearson exact binomial, valid on any test size) and bootstrap intervals over the test
+videos for the other metrics (`ci95_by_metric`), and each joint cell a paired test against the best single modality it fuses
 (`p_joint_vs_best_single`; `classify.stats`). Single modalities are trained one modality at a
 time through one `FeatureStore` (all folds and seeds of a modality in a row), so each cache is
 loaded once; runs already in `W/runs/` are reused.
@@ -47,7 +48,7 @@ def _mean_recall(recalls: list[dict], class_names: list[str]) -> dict:
 
 
 def _train_singles(work, folds: list[Labels], head: str, seeds: list[int], store: FeatureStore, rows,
-                   jobs: int = 1) -> dict:
+                   jobs: int = 1, manifest=None) -> dict:
     """(modality, head) -> {"runs": [[RunResult per seed] per fold]} or {"error": message}.
 
     Modality by modality (one cache in memory at a time), every fold and seed of it through
@@ -128,11 +129,15 @@ def _cell(row: Row, column: str, modalities: tuple, head: str, rule: str, seeds:
     ids, P = _pooled(scored, len(seeds))
     y = np.array([folds[0].label[i] for i in ids], dtype=np.int64)
     dist = stats.bootstrap(y, P, len(folds[0].class_names))
+    scored = P >= 0
+    n_scored = int(scored.any(axis=0).sum())
+    correct = float(np.mean(((P == y[None, :]) & scored).sum(axis=1)))  # mean over seeds of the right answers
+    accuracy_ci = stats.exact_interval(correct, n_scored)
     cell.update({
         **{m: run_stats([j[m] for j in joint], key) for m in METRICS},
         "n_test": len(ids),
-        "ci95": stats.interval(dist["accuracy"]),
-        "ci95_by_metric": {m: stats.interval(dist[m]) for m in METRICS},
+        "ci95": accuracy_ci,
+        "ci95_by_metric": {m: accuracy_ci if m == "accuracy" else stats.interval(dist[m]) for m in METRICS},
         "per_class_recall": _mean_recall([j["per_class_recall"] for j in joint], folds[0].class_names),
         "confusion_matrix_sum": np.sum([j["confusion_matrix"] for j in joint], axis=0).astype(int).tolist(),
         "runs": paths,
@@ -189,12 +194,13 @@ def _significance(cell: dict, scores: dict, label: dict[str, int], k: int) -> No
 
 def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule: str = "weighted",
                 dataset: str = "other", extra_rows: tuple[Row, ...] = (), cv="fixed", metric: str = "accuracy",
-                jobs: int = 1) -> dict:
+                jobs: int = 1, manifest=None) -> dict:
     """Train or reuse every run, fuse, and return the table as a JSON-ready dict (fractions).
 
     `cv`: "fixed" (the manifest's split), K or "groups" (`classify.protocol`); `metric`: the
     headline of the Markdown (the JSON has all three); `jobs`: single runs trained at a time
-    (`classify.train.train_runs`; 0 = one per core)."""
+    (`classify.train.train_runs`; 0 = one per core); `manifest`: its folder names a dataset
+    whose published numbers are not shown."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     t0 = time.perf_counter()
@@ -204,6 +210,10 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
     store = FeatureStore(work)
     trained = _train_singles(work, folds, head, seeds, store, rows, jobs)
     numbers = published.accuracy(dataset)
+    mismatch = published.class_mismatch(dataset, labels.class_names)
+    if mismatch:
+        log.warning("%s", mismatch)
+        numbers = None
     cells = []
     for row in rows:
         for column, modalities in row.cells.items():
@@ -222,7 +232,8 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
         log.warning("the manifest's splits leak groups, so the scores may be inflated: %s", describe_leaks(leaks))
     return {
         "banner": cache.random_weights_banner(work, modalities_of(rows)),
-        "dataset": dataset, "work": os.fspath(work), "seeds": seeds, "head": head,
+        "dataset": dataset, "dataset_name": published.display_name(dataset, labels.class_names, manifest),
+        "published_warning": mismatch, "work": os.fspath(work), "seeds": seeds, "head": head,
         "protocol": protocol.describe(cv, len(folds)),
         "folds": [f.tag for f in folds] if cv != protocol.FIXED else [],
         "held_out_groups": held_out_groups(folds) if cv == protocol.GROUPS else None,
@@ -232,10 +243,15 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
         "rule": rule, "class_names": labels.class_names, "n_test": n_test,
         "units": "fractions (0..1) for ours; published_accuracy_percent in percent",
         "published_source": published.SOURCE if numbers is not None else None,
-        "intervals": {"ci95": "percentile bootstrap 95 % interval of the test accuracy (ci95_by_metric: each metric) "
-                              "over the test videos: videos resampled with replacement, the metric of every run on each "
-                              "resample averaged over the runs (seeds; in cross-validation each seed pools all folds)",
+        "intervals": {"ci95": f"{stats.ACCURACY_INTERVAL} 95 % interval of the test accuracy: the number of test "
+                              "videos right (mean over seeds; in cross-validation each seed pools all folds) out of "
+                              "the videos scored; valid at any test size",
+                      "accuracy": stats.ACCURACY_INTERVAL,
+                      "ci95_by_metric": "accuracy: as ci95; balanced_accuracy and macro_f1: percentile bootstrap 95 % "
+                                        "interval over the test videos (videos resampled with replacement, the metric "
+                                        "of every run on each resample averaged over the runs)",
                       "n_boot": stats.N_BOOT, "seed": stats.SEED},
+        "small_test_warning": stats.small_test_warning(n_test),
         "significance": {"p_joint_vs_best_single": "one-sided paired bootstrap over the test videos both models scored "
                                                    "(same resamples as ci95): (1 + #resamples with joint - best single "
                                                    "<= 0) / (n_boot + 1), on accuracy (p_by_metric: each metric); "

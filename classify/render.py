@@ -2,8 +2,9 @@
 
 Both read only the dict `classify.cells.build_table` returns (or its table.json), so a table
 can be rendered again without its runs. The Markdown puts the random-weights banner first, the
-headline metric with its bootstrap interval, then the two other metrics; rows beyond the
-published table follow in tables of their own, and a footer states the settings.
+headline metric with its 95 % interval (exact binomial for accuracy, bootstrap otherwise), then
+the two other metrics; rows beyond the published table follow in tables of their own, and a
+footer states the settings and the warnings (small test split, leaking groups).
 """
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def _cell_text(cell: dict, metric: str, with_ci: bool) -> str:
     if with_ci and p is not None and p >= stats.ALPHA:
         text += " (n.s.)"
     return text
+
+
+def _interval_name(metric: str) -> str:
+    if metric == "accuracy":
+        return f"{stats.ACCURACY_INTERVAL} interval over test videos"
+    return "bootstrap interval over test videos"
 
 
 def find_cell(table: dict, row: str, column: str) -> dict | None:
@@ -88,9 +95,9 @@ def _protocol_lines(table: dict, fewer: str) -> list[str]:
 def markdown(table: dict) -> str:
     """The table as Markdown, the random-weights banner (if any) first; rows beyond the seed's
     table follow in a table of their own, marked as not published. The headline metric (with
-    its bootstrap interval) first, then the two others (mean ± std)."""
+    its 95 % interval) first, then the two others (mean ± std)."""
     published = table["published_source"] is not None
-    name = DATASET_NAMES[table["dataset"]]
+    name = table.get("dataset_name") or DATASET_NAMES[table["dataset"]]
     seed_rows = [r for r in table["rows"] if r["in_published_table"]]
     extra_rows = [r for r in table["rows"] if not r["in_published_table"]]
     n_seeds = len(table["seeds"])
@@ -101,8 +108,10 @@ def markdown(table: dict) -> str:
     lines = []
     if table["banner"]:
         lines += [table["banner"], ""]
+    if table.get("published_warning"):
+        lines += [f"**Warning**: {table['published_warning']}.", ""]
     lines += [f"## Emotion recognition results on {name} ({protocol.title(prot['cv'], prot['folds'])})", "",
-              f"{METRIC_NAMES[metric]} (%), mean ± std over {over} [95 % bootstrap interval over test videos]"
+              f"{METRIC_NAMES[metric]} (%), mean ± std over {over} [95 % {_interval_name(metric)}]"
               + (f"; \"published\" = {table['published_source']}." if published and metric == "accuracy" else "."), ""]
     notes: list[str] = []
     lines += _grid(table, seed_rows, metric, published and metric == "accuracy", notes, with_ci=True)
@@ -128,6 +137,8 @@ def markdown(table: dict) -> str:
             weights.append(f"{c['row']} " + ", ".join(f"{m} {w:.2f}" for m, w in c["weights"].items()))
     fixed_heads = "".join(f" (the {r} row always uses {h})" for r, h in table["fixed_heads"].items())
     joints = [c for c in table["cells"] if c["kind"] == "joint" and c.get("p_by_metric")]
+    if table.get("small_test_warning"):
+        lines.append(f"- **Warning**: {table['small_test_warning']}.")
     if table.get("leaking_groups"):
         lines.append(f"- **Warning**: the manifest's splits put {table['leaking_groups']}; a classifier may "
                      f"recognise them instead of the emotion (`python -m extract.manifest check`; `--cv K` keeps "
@@ -139,9 +150,12 @@ def markdown(table: dict) -> str:
         f"the single runs' class probabilities, chosen on the validation split)"
         + (f"; mean weights: {'; '.join(weights)}." if weights else "."),
         *_protocol_lines(table, fewer),
-        f"- [low, high]: 95 % bootstrap interval of the {METRIC_NAMES[metric].lower()} over the test videos "
-        f"({stats.N_BOOT} resamples of the videos, seed {stats.SEED}; on each resample the mean over "
-        f"{'the seeds' if fixed else 'the seeds, each pooling all folds'}).",
+        (f"- [low, high]: 95 % {stats.ACCURACY_INTERVAL} interval of the accuracy: the test videos right (mean "
+         f"over {'the seeds' if fixed else 'the seeds, each pooling all folds'}) out of those scored; valid at any "
+         f"number of test videos." if metric == "accuracy" else
+         f"- [low, high]: 95 % bootstrap interval of the {METRIC_NAMES[metric].lower()} over the test videos "
+         f"({stats.N_BOOT} resamples of the videos, seed {stats.SEED}; on each resample the mean over "
+         f"{'the seeds' if fixed else 'the seeds, each pooling all folds'})."),
     ]
     if joints:
         ns = [f"{c['row']} (p = {c['p_by_metric'][metric]:.3f} against {c['best_single_by_metric'][metric]['modality']})"

@@ -10,6 +10,12 @@ test-sample noise. Here the test videos themselves are resampled:
   so each video is scored once per seed). The same seed gives the same resamples for any cell
   of the same n, so two models scored on the same videos are compared on the same resamples.
 * `interval`: the percentile interval (2.5th and 97.5th, numpy's linear interpolation).
+* `exact_interval`: the Clopper-Pearson (exact binomial) interval of an accuracy, used for the
+  accuracy's 95 % interval at every test size: the percentile bootstrap collapses to a point
+  when a few test videos are all right (3 of 3 gives [100, 100]), while the exact interval of
+  3 of 3 is [29.2, 100].
+* `small_test_warning`: the one line every output carries when the test split is too small
+  (fewer than `SMALL_TEST` videos) for its numbers to mean much.
 * `paired_p`: one-sided p value that model A is not better than model B on the same videos:
   (1 + #resamples where A - B <= 0) / (n_boot + 1).
 * `mcnemar_exact`: the exact McNemar test of two single runs' correctness on the same videos
@@ -69,6 +75,32 @@ def interval(values: np.ndarray, level: float = 0.95) -> list[float]:
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(values, [tail, 100 - tail])
     return [float(lo), float(hi)]
+
+
+SMALL_TEST = 30
+ACCURACY_INTERVAL = "Clopper-Pearson exact binomial"
+
+
+def exact_interval(correct: float, n: int, level: float = 0.95) -> list[float]:
+    """Clopper-Pearson interval of `correct` right out of `n` (a mean over seeds may be fractional),
+    as [low, high] fractions; valid at any n, [0, 1] for n = 0."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return [0.0, 1.0]
+    k = min(max(float(correct), 0.0), float(n))
+    tail = (1 - level) / 2
+    lo = 0.0 if k <= 0 else float(beta.ppf(tail, k, n - k + 1))
+    hi = 1.0 if k >= n else float(beta.ppf(1 - tail, k + 1, n - k))
+    return [lo, hi]
+
+
+def small_test_warning(n_test: int) -> str | None:
+    """The warning for a test split of fewer than SMALL_TEST videos (None otherwise)."""
+    if n_test >= SMALL_TEST:
+        return None
+    return (f"only {n_test} test video{'s' if n_test != 1 else ''} (fewer than {SMALL_TEST}): every figure is "
+            f"very uncertain; read the intervals, not the means")
 
 
 def paired_p(values_a: np.ndarray, values_b: np.ndarray) -> float:

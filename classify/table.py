@@ -6,7 +6,7 @@
 
 The work is split by job: `classify.rows` (the rows: the published three as data, the others
 derived from the modality registry), `classify.cells` (training or reusing the runs, fusing,
-scoring each cell with its bootstrap interval and significance test), `classify.render`
+scoring each cell with its interval and significance test), `classify.render`
 (Markdown, CSV), `classify.figures` (PNG figures) and `classify.published` (the published
 numbers). This module is the command: it picks the rows, builds the table and writes it.
 
@@ -17,9 +17,11 @@ all three. Runs already in `W/runs/` are reused, so a second call only fuses, te
 
 Writes (each file atomically) `DIR/table.md` (also printed), `table.csv` (one row per cell),
 `table.json`, `confusion_joint.png` (the joint models' confusion matrices summed over seeds)
-and `per_class_recall.png`; DIR is `W/table/` unless `--out` says otherwise, and
+and `per_class_recall.png`; DIR is `W/table/<protocol>-<head>/` (`fixed-lstm`, `cv5-lstm`,
+`groups-mlp`: one folder per protocol and head) unless `--out` says otherwise, and
 `classify.report --table DIR` renders it. With `--dataset dmver|iemocap|music-video` the
-published numbers stand beside ours. A modality without a cache gives "n/a" cells with a note;
+published numbers stand beside ours (only when the manifest's class names are that dataset's;
+otherwise one warning line replaces them). A modality without a cache gives "n/a" cells with a note;
 exit 2 only when no cell at all could be computed.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import json
 import sys
 from pathlib import Path
 
-from classify import figures, render
+from classify import figures, protocol, render
 from classify.cells import build_table
 from classify.data import Labels
 from classify.fuse import RULES
@@ -71,7 +73,8 @@ def parser(entries):
     p.add_argument("--dataset", default="other", choices=DATASETS, help="which published numbers to show")
     p.add_argument("--head", default="lstm", choices=HEADS)
     p.add_argument("--rule", default="weighted", choices=RULES)
-    p.add_argument("--out", default=None, help="output folder (default WORK/table)")
+    p.add_argument("--out", default=None, help="output folder (default WORK/table/<protocol>-<head>, e.g. "
+                                               "WORK/table/fixed-lstm or WORK/table/cv5-mlp)")
     p.add_argument("--cv", default="fixed", help="fixed (the manifest's split, as published; default), K "
                                                  "(group-aware K-fold over all labelled videos) or groups "
                                                  "(leave-one-group-out); see classify.protocol")
@@ -92,12 +95,13 @@ def _main(args, entries) -> int:
         print(banner + "\n", flush=True)
     labels = Labels.from_manifest(args.manifest)
     table = build_table(args.work, labels, list(range(args.seeds)), args.head, args.rule, args.dataset, extra,
-                        cv=args.cv, metric=args.metric, jobs=args.jobs)
+                        cv=args.cv, metric=args.metric, jobs=args.jobs, manifest=args.manifest)
     if not any(c["status"] == "ok" for c in table["cells"]):
         reasons = sorted({c["note"] for c in table["cells"] if c["note"]})
         print("error: no cell of the table could be computed:\n  " + "\n  ".join(reasons), file=sys.stderr)
         return cli.EXIT_RUN_FAILED
-    md, written = write_outputs(table, args.out or as_work(args.work).table())
+    out = args.out or as_work(args.work).table(as_work(args.work).table_name(protocol.parse_cv(args.cv), args.head))
+    md, written = write_outputs(table, out)
     body = md[len(banner) + 2:] if banner and md.startswith(banner) else md
     print(body)
     print("wrote " + ", ".join(str(p) for p in written))

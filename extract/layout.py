@@ -100,6 +100,17 @@ class Work:
         """`W/table/` or `W/table/<name>/` (one folder per protocol and head)."""
         return self.tables / name if name else self.tables
 
+    @staticmethod
+    def table_name(cv, head: str) -> str:
+        """The default table folder name of a protocol and head: `fixed-lstm`, `cv5-mlp`, `groups-lstm`."""
+        cv = str(cv if cv not in (None, "") else "fixed").strip().lower()
+        return f"{cv if cv in ('fixed', 'groups') else 'cv' + cv}-{head}"
+
+    def latest_table(self) -> Path | None:
+        """The table folder (`W/table/` or one below it) whose table.json was written last."""
+        found = [p for p in [self.tables / "table.json", *self.tables.glob("*/table.json")] if p.is_file()]
+        return max(found, key=lambda p: p.stat().st_mtime_ns).parent if found else None
+
     @property
     def report(self) -> Path:
         return self.root / self.REPORT

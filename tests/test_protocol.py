@@ -188,14 +188,14 @@ def test_a_fixed_split_table_warns_when_the_manifest_leaks_groups(tmp_path):
     assert leaks == leaking_groups(read_manifest(manifest)) and len(leaks) == 3
     rc, stdout, stderr = _table(["--manifest", str(manifest), "--work", str(work), "--seeds", "1"])
     assert rc == 0, stderr
-    table = json.loads((work / "table" / "table.json").read_text(encoding="utf-8"))
+    table = json.loads((work / "table" / "fixed-lstm" / "table.json").read_text(encoding="utf-8"))
     assert table["leaking_groups"] == describe_leaks(leaks)
     assert f"**Warning**: the manifest's splits put {describe_leaks(leaks)}" in stdout
     # cross-validation ignores the manifest's splits: nothing to warn about
     rc, stdout, stderr = _table(["--manifest", str(manifest), "--work", str(work), "--seeds", "1", "--cv", "3"])
     assert rc == 0, stderr
     assert "Warning" not in stdout and "leaking_groups" not in stderr
-    assert json.loads((work / "table" / "table.json").read_text(encoding="utf-8"))["leaking_groups"] is None
+    assert json.loads((work / "table" / "cv3-lstm" / "table.json").read_text(encoding="utf-8"))["leaking_groups"] is None
 
 
 def test_runs_trained_in_parallel_are_the_sequential_runs(tmp_path):

@@ -42,7 +42,7 @@ def built(tmp_path_factory):
         assert tbl.main(["--manifest", str(manifest), "--work", str(work), "--seeds", "1"]) == 0
         assert report.main(["--manifest", str(manifest), "--work", str(work)]) == 0
     page = work / "report" / "index.html"
-    cell, run = report._browser_run(json.loads((work / "table" / "table.json").read_text()))
+    cell, run = report._browser_run(json.loads((work / "table" / "fixed-lstm" / "table.json").read_text()))
     metrics = json.loads((run / "metrics.json").read_text())["joint"]
     return {"work": work, "manifest": manifest, "page": page, "metrics": metrics, "cell": cell}
 

@@ -162,7 +162,7 @@ def test_missing_audio_cache_gives_na_cells(full, tmp_path):
     rc, stdout, stderr = run_main(["--manifest", str(full["manifest"]), "--work", str(work), "--seeds", str(SEEDS),
                                    "--dataset", "dmver"])
     assert rc == 0, stderr
-    out = work / "table"  # the default output folder
+    out = work / "table" / "fixed-lstm"  # the default output folder
     table = json.loads((out / "table.json").read_text(encoding="utf-8"))
     for column in ("Flow/Audio", "Joint"):
         c = cell(table, "Audio+I3D", column)
@@ -194,13 +194,13 @@ def test_no_banner_with_pretrained_weights_and_partial_cache(tmp_path):
     rc, stdout, stderr = run_main(["--manifest", str(manifest), "--work", str(work), "--seeds", "1"])
     assert rc == 0, stderr
     assert "RANDOM" not in stdout and stdout.startswith("## ")
-    table = json.loads((work / "table" / "table.json").read_text(encoding="utf-8"))
+    table = json.loads((work / "table" / "fixed-lstm" / "table.json").read_text(encoding="utf-8"))
     assert table["banner"] is None
     status = {(c["row"], c["column"]): c["status"] for c in table["cells"]}
     assert status[("I3D", "RGB")] == status[("Audio+I3D", "RGB")] == "ok"
     assert [k for k, v in status.items() if v == "ok"] == [("I3D", "RGB"), ("Audio+I3D", "RGB")]
-    assert not (work / "table" / "confusion_joint.png").exists()  # no joint model to draw
-    assert (work / "table" / "per_class_recall.png").is_file()
+    assert not (work / "table" / "fixed-lstm" / "confusion_joint.png").exists()  # no joint model to draw
+    assert (work / "table" / "fixed-lstm" / "per_class_recall.png").is_file()
 
 
 def test_nothing_computable_exits_2(tmp_path):
