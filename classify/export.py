@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from classify import bundle as bundle_files
+from classify import stats
 from classify.data import SPLITS, Labels
 from classify.fuse import RULES, fuse
 from classify.heads import HEADS, head_state
@@ -69,6 +70,8 @@ def _card_markdown(card: dict) -> str:
     lines = [f"# Model card: {'+'.join(card['modalities'])} ({card['head']} heads, {card['rule']} fusion)", ""]
     if card["random_weights"]:
         lines += [f"**{card['random_weights']}**", ""]
+    if card.get("small_test_warning"):
+        lines += [f"**Warning: {card['small_test_warning']}.**", ""]
     lines += [f"- Classes: {', '.join(card['class_names'])}",
               f"- Training data: `{card['manifest']}` (SHA-256 {card['manifest_sha256'][:16]}..., "
               f"{card['videos']['train']} train / {card['videos']['val']} val / {card['videos']['test']} test videos)",
@@ -120,6 +123,7 @@ def export(work, manifest, modalities: list[str], out, head: str = "lstm", rule:
                     "test only scored",
         "metrics": metrics, "fusion_weights": joint["weights"], "package_version": package_version(),
         "random_weights": cache.random_weights_banner(work, modalities),
+        "small_test_warning": stats.small_test_warning(len(labels.ids("test"))),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     files["card.json"] = (json.dumps(card, indent=2) + "\n").encode("utf-8")

@@ -75,6 +75,8 @@ def test_bundle_layout_and_card(trained):
     assert len(card["manifest_sha256"]) == 64 and "RANDOM" in card["random_weights"]
     md = (trained["bundle"] / "card.md").read_text()
     assert "Fusion weights" in md and "| fused |" in md
+    # the sample's test split is small: the card says so, as the table and the report do
+    assert "fewer than 30" in card["small_test_warning"] and "Warning: only" in md
 
 
 def test_predict_reproduces_the_fused_test_predictions(trained):
