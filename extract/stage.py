@@ -433,9 +433,12 @@ def run_command(stage: Stage, args: argparse.Namespace) -> int:
     """The body of a stage command: read the manifest, run the stage with the settings the
     options give, print the summary line; returns the exit code (run it through `cli.run`)."""
     settings = settings_from(args, stage.settings_type)
-    videos = read_manifest(args.manifest)
     run = settings_from(args, RunOptions)
     dask = settings_from(args, cluster.DaskOptions)
+    cluster.check_backend(run.backend, dask.scheduler)
+    videos = read_manifest(args.manifest)
+    if dask.scheduler:
+        cluster.check_scheduler(dask.scheduler, dask.connect_timeout)
     summary = run_stage(stage, videos, args.work, settings, jobs=run.jobs, backend=run.backend,
                         scheduler=dask.scheduler, gpus_per_task=dask.gpus_per_task)
     print(summary.line(args.work))
