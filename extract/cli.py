@@ -6,6 +6,9 @@ Exit codes of every command (the docs' "Exit codes" page repeats them):
     1    some videos failed; the rest are done (a stage's failures.csv names them)
     2    nothing ran, or the run itself failed: one line `error: ...` on stderr,
          the traceback only with --verbose
+    3    every video failed (a stage, the feature stage): nothing usable came out, which
+         usually means a setting or the installation is wrong, not the videos; the Makefile
+         carries on past 1 only, so make stops on 3
     130  interrupted (Ctrl-C); run the same command again to resume
 
 A command's `main(argv)` parses its arguments and hands the work to `run(body, verbose)`:
@@ -24,9 +27,10 @@ import traceback
 from typing import Callable
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_ALL_FAILED = 3
 EXIT_USAGE = EXIT_RUN_FAILED  # nothing ran: the same code as a failed run (make stops on both)
 EPILOG = ("exit codes: 0 done; 1 some videos failed, the rest are done; 2 nothing ran, or the run itself failed "
-          "(one line 'error: ...'); 130 interrupted")
+          "(one line 'error: ...'); 3 every video failed; 130 interrupted")
 INTERRUPTED = "interrupted; run the same command again to resume"
 
 

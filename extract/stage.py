@@ -107,6 +107,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        if self.total and self.failed + self.upstream == self.total:
+            return cli.EXIT_ALL_FAILED  # not one video has an output
         return cli.EXIT_SOME_FAILED if self.failed or self.upstream else cli.EXIT_OK
 
     def line(self, work: str | os.PathLike | Work) -> str:
@@ -442,4 +444,7 @@ def run_command(stage: Stage, args: argparse.Namespace) -> int:
     summary = run_stage(stage, videos, args.work, settings, jobs=run.jobs, backend=run.backend,
                         scheduler=dask.scheduler, gpus_per_task=dask.gpus_per_task)
     print(summary.line(args.work))
+    if summary.exit_code == cli.EXIT_ALL_FAILED:
+        print(f"error: every video failed in {stage.name}; see {Work(args.work).failures(stage.name)}",
+              file=sys.stderr)
     return summary.exit_code

@@ -165,6 +165,9 @@ def _main(args: argparse.Namespace) -> int:
     if s["weights"] == "random":
         print(cache.random_weights_banner(args.work, [args.modality]) or "", file=sys.stderr)
     print(summary_line(args.modality, s))
+    if s["failed"] and not s["done"] and not s["skipped"]:
+        print(f"error: every video failed in features {args.modality}", file=sys.stderr)
+        return cli.EXIT_ALL_FAILED
     return cli.EXIT_SOME_FAILED if s["failed"] else cli.EXIT_OK
 
 

@@ -98,3 +98,75 @@ def test_an_address_that_is_not_a_scheduler_fails_quickly(sample, tmp_path, repl
     assert len(lines) == 1 and address in lines[0] and lines[0].startswith("error:"), done.stderr
     assert "Traceback" not in done.stderr
     assert seconds < 45, seconds
+
+
+# ----------------------------------------------------------------------------- one command: dmver
+
+STEPS = ["manifest", "frames", "flow", "audio", "features", "weights", "list", "train", "fuse", "table",
+         "report", "export", "predict"]
+
+
+def _dmver(*args: str) -> subprocess.CompletedProcess:
+    """The installed `dmver` when this environment has it (make venv), else the module it runs."""
+    script = Path(sys.executable).with_name("dmver")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "extract.command"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_dmver_is_the_console_script_of_the_project():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    scripts = cfg["options.entry_points"]["console_scripts"]
+    assert "dmver = extract.command:main" in [line.strip() for line in scripts.splitlines()]
+
+
+def test_dmver_help_lists_every_step_with_one_line_each():
+    done = _dmver("--help")
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")}
+    assert set(STEPS) <= listed, done.stdout
+
+
+def test_dmver_help_does_not_import_torch():
+    code = "import sys; from extract import command; command.main(['--help']); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_dmver_step_help_and_unknown_step():
+    frames = _dmver("frames", "--help")
+    assert frames.returncode == 0 and "--num-frames" in frames.stdout, frames.stderr
+    listing = _dmver("list")
+    assert listing.returncode == 0 and "rgb" in listing.stdout, listing.stderr
+    unknown = _dmver("frobnicate")
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert len(unknown.stderr.strip().splitlines()) == 1 and "frobnicate" in unknown.stderr
+
+
+@pytest.mark.parametrize("target,needs", [("manifest", "ROOT="), ("fuse", None), ("export", "OUT="), ("list", None)])
+def test_make_has_a_target_for_every_step(target, needs):
+    done = subprocess.run(["make", "-n", target, "MODALITIES=rgb flow text", "ROOT=/data/x", "OUT=models/x"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if target in ("fuse", "export"):
+        assert "--modalities rgb,flow,text" in done.stdout
+    if needs:
+        missing = subprocess.run(["make", "-n", target], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert needs in missing.stdout
+
+
+# ----------------------------------------------------------------------------- every video failed
+
+
+def test_every_video_failed_is_exit_3_and_stops_make(tmp_path):
+    rows = [Video(id=f"gone{i}", path=str(tmp_path / f"gone{i}.mp4"), label="a", split="train") for i in range(2)]
+    manifest.write_manifest(tmp_path / "m.csv", rows)
+    done = _cmd("extract.frames", "--manifest", str(tmp_path / "m.csv"), "--work", str(tmp_path / "w"))
+    assert done.returncode == cli.EXIT_ALL_FAILED == 3, done.stderr
+    assert "error: every video failed in frames" in done.stderr
+    made = subprocess.run(["make", "--no-print-directory", "frames", f"MANIFEST={tmp_path / 'm.csv'}",
+                           f"WORK={tmp_path / 'w2'}", "PY=" + sys.executable, "STAMP="],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert made.returncode != 0, made.stdout + made.stderr
