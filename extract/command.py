@@ -48,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown step {step!r}; one of: {', '.join(STEPS)} (dmver --help)", file=sys.stderr)
         return 2
     module, lead, _ = STEPS[step]
-    code = importlib.import_module(module).main([*lead, *rest])
+    try:  # importing a step takes seconds (torch, cv2): a Ctrl-C meanwhile is one line too
+        step_main = importlib.import_module(module).main
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    code = step_main([*lead, *rest])
     return 0 if code is None else int(code)
 
 

@@ -253,6 +253,7 @@ def _execute(stage: Stage, todo: Sequence[tuple[Video, Path]], settings: Any, jo
         parent = os.getpid()
         kernel = threading.current_thread() is threading.main_thread()
         parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")
+        workers.quiet_joblib_workers()  # Ctrl-C: one line from this process, nothing from its workers
         batches = parallel(delayed(_run_batch)(stage, g, settings, threads, claimed, parent, kernel) for g in groups)
     return (result for batch in batches for result in batch)
 

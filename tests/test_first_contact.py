@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -170,3 +171,63 @@ def test_every_video_failed_is_exit_3_and_stops_make(tmp_path):
                            f"WORK={tmp_path / 'w2'}", "PY=" + sys.executable, "STAMP="],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert made.returncode != 0, made.stdout + made.stderr
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> Path:
+    """Twelve videos, enough that a stage with two workers is still busy a few seconds in."""
+    root = tmp_path_factory.mktemp("many")
+    rows = [Video(id=f"m{i}", path=str(tv.make_video(root / f"m{i}.mp4", seconds=2.0, seed=i)),
+                  label="pos" if i % 2 else "neg", split="train") for i in range(12)]
+    manifest.write_manifest(root / "manifest.csv", rows)
+    return root / "manifest.csv"
+
+
+def _interrupt(args: list[str], started: Callable[[], bool]) -> subprocess.CompletedProcess:
+    """Run `python -m args...` in a session of its own, wait until `started()` (at most 120 s),
+    then send SIGINT to its whole process group, as a terminal's Ctrl-C does."""
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not started() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "it ended before it could be interrupted"
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def _one_interrupted_line(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == cli.EXIT_INTERRUPTED, done.stderr
+    assert cli.INTERRUPTED in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+def test_ctrl_c_in_a_stage_prints_one_line(many, tmp_path):
+    work = tmp_path / "w"
+    done = _interrupt(["extract.frames", "--manifest", str(many), "--work", str(work), "--jobs", "2",
+                       "--num-frames", "64", "--size", "112"],
+                      lambda: any((work / "frames").glob("*.npz")))
+    print(done.stderr)
+    _one_interrupted_line(done)
+
+
+def test_ctrl_c_in_the_feature_stage_prints_one_line(many, tmp_path):
+    from extract import frames, stage
+
+    stage.run_stage(frames.STAGE, manifest.read_manifest(many), tmp_path, frames.FrameSettings(num_frames=16, size=112),
+                    jobs=2)
+    done = _interrupt(["features.extract", "--modality", "rgb2d", "--manifest", str(many), "--work", str(tmp_path),
+                       "--weights", "random", "--device", "cpu", "--loaders", "2", "--videos-per-call", "1"],
+                      lambda: any((tmp_path / "features").rglob("*.h5")) or any((tmp_path / "features").rglob("*shard*")))
+    print(done.stderr)
+    _one_interrupted_line(done)
