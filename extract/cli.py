@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import traceback
 from typing import Callable
@@ -32,6 +33,18 @@ EXIT_USAGE = EXIT_RUN_FAILED  # nothing ran: the same code as a failed run (make
 EPILOG = ("exit codes: 0 done; 1 some videos failed, the rest are done; 2 nothing ran, or the run itself failed "
           "(one line 'error: ...'); 3 every video failed; 130 interrupted")
 INTERRUPTED = "interrupted; run the same command again to resume"
+
+
+def _quiet_interrupt(kind, value, tb, _plain=sys.excepthook) -> None:
+    """A Ctrl-C that comes before `run` (while a command still imports torch or cv2) is one
+    line and exit 130 too, not the traceback of whatever import it stopped."""
+    if issubclass(kind, KeyboardInterrupt):
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+    _plain(kind, value, tb)
+
+
+sys.excepthook = _quiet_interrupt
 
 
 class UserError(Exception):

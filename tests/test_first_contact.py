@@ -186,17 +186,17 @@ def many(tmp_path_factory) -> Path:
     return root / "manifest.csv"
 
 
-def _interrupt(args: list[str], started: Callable[[], bool]) -> subprocess.CompletedProcess:
-    """Run `python -m args...` in a session of its own, wait until `started()` (at most 120 s),
-    then send SIGINT to its whole process group, as a terminal's Ctrl-C does."""
+def _interrupt(args: list[str], started: Callable[[], bool], after: float = 0.3) -> subprocess.CompletedProcess:
+    """Run `python -m args...` in a session of its own, wait until `started()` (at most 120 s) and
+    `after` seconds more, then send SIGINT to its whole process group, as a terminal's Ctrl-C does."""
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not started() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
+        time.sleep(after)
         assert proc.poll() is None, "it ended before it could be interrupted"
-        time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -212,22 +212,46 @@ def _one_interrupted_line(done: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
 
 
-def test_ctrl_c_in_a_stage_prints_one_line(many, tmp_path):
+@pytest.mark.parametrize("after", [0.3, 0.6])
+def test_ctrl_c_while_a_stage_starts_its_workers(many, tmp_path, after):
+    """The stage has claimed its folder and is starting two workers, which are still importing."""
+    work = tmp_path / "w"
+    done = _interrupt(["extract.frames", "--manifest", str(many), "--work", str(work), "--jobs", "2",
+                       "--num-frames", "64", "--size", "112"],
+                      lambda: (work / "frames" / "settings.json").exists(), after)
+    _one_interrupted_line(done)
+
+
+def test_ctrl_c_while_a_stage_works(many, tmp_path):
     work = tmp_path / "w"
     done = _interrupt(["extract.frames", "--manifest", str(many), "--work", str(work), "--jobs", "2",
                        "--num-frames", "64", "--size", "112"],
                       lambda: any((work / "frames").glob("*.npz")))
-    print(done.stderr)
     _one_interrupted_line(done)
 
 
-def test_ctrl_c_in_the_feature_stage_prints_one_line(many, tmp_path):
+@pytest.fixture(scope="module")
+def framed(many, tmp_path_factory) -> Path:
     from extract import frames, stage
 
-    stage.run_stage(frames.STAGE, manifest.read_manifest(many), tmp_path, frames.FrameSettings(num_frames=16, size=112),
+    work = tmp_path_factory.mktemp("framed")
+    stage.run_stage(frames.STAGE, manifest.read_manifest(many), work, frames.FrameSettings(num_frames=16, size=112),
                     jobs=2)
-    done = _interrupt(["features.extract", "--modality", "rgb2d", "--manifest", str(many), "--work", str(tmp_path),
-                       "--weights", "random", "--device", "cpu", "--loaders", "2", "--videos-per-call", "1"],
-                      lambda: any((tmp_path / "features").rglob("*.h5")) or any((tmp_path / "features").rglob("*shard*")))
-    print(done.stderr)
+    return work
+
+
+FEATURES = ["features.extract", "--modality", "rgb2d", "--weights", "random", "--device", "cpu", "--loaders", "2",
+            "--videos-per-call", "1"]
+
+
+def test_ctrl_c_while_the_feature_stage_imports_torch(many, framed):
+    done = _interrupt([*FEATURES, "--manifest", str(many), "--work", str(framed)], lambda: True, 1.0)
+    _one_interrupted_line(done)
+
+
+def test_ctrl_c_while_the_feature_stage_works(many, framed):
+    """Its DataLoader workers are preparing inputs when the Ctrl-C comes."""
+    shards = framed / "features" / "rgb2d.shards"
+    done = _interrupt([*FEATURES, "--manifest", str(many), "--work", str(framed)],
+                      lambda: shards.is_dir() and any(shards.iterdir()))
     _one_interrupted_line(done)
