@@ -90,6 +90,15 @@ def setup_logging(verbose: bool = False, level: int = logging.INFO) -> None:
     handler.setFormatter(_Format("%(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else level)
+    quiet_libraries(verbose)
+
+
+def quiet_libraries(verbose: bool | None = None) -> None:
+    """Hold libraries' loggers to warnings (INFO with `verbose`; None: verbose when the root
+    logger is at DEBUG). Called again after importing `distributed`, whose import sets its
+    own loggers back to INFO."""
+    if verbose is None:
+        verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     for noisy in ("distributed", "dask", "bokeh", "tornado", "urllib3", "h5py", "matplotlib", "PIL",
                   "sentence_transformers", "transformers", "filelock", "fsspec", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)

@@ -15,6 +15,7 @@ import dataclasses
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
+from extract import cli
 from extract.cli import UserError
 from extract.options import add_options, option
 from extract.workers import default_jobs
@@ -98,12 +99,16 @@ def dask_client(scheduler: str | None, jobs: int = 0, gpus_per_task: float = 0,
     GPU (`CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --nthreads 1 --resources GPU=1`)."""
     from dask.distributed import Client, LocalCluster
 
+    cli.quiet_libraries()  # importing distributed turned its loggers back to INFO
     cluster = None
     if scheduler:
         check_scheduler(scheduler, connect_timeout)
     else:
         workers = 1 if gpus_per_task else (jobs if jobs > 0 else default_jobs())
+        # no dashboard; the scheduler's HTTP server (always started) on a free loopback port, not
+        # 8787, which another run may hold
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                                resources={"GPU": gpus_per_task} if gpus_per_task else None)
     try:
         client = Client(scheduler or cluster, timeout=connect_timeout)

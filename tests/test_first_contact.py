@@ -255,3 +255,40 @@ def test_ctrl_c_while_the_feature_stage_works(many, framed):
     done = _interrupt([*FEATURES, "--manifest", str(many), "--work", str(framed)],
                       lambda: shards.is_dir() and any(shards.iterdir()))
     _one_interrupted_line(done)
+
+
+# ----------------------------------------------------------------------------- quiet local Dask
+
+
+def test_a_local_dask_stage_prints_its_summary_line_only(sample, tmp_path):
+    """No scheduler INFO lines, no dashboard, no 'port 8787 is already in use' (held here when free)."""
+    held = socket.socket()
+    with contextlib.suppress(OSError):
+        held.bind(("127.0.0.1", 8787))
+        held.listen(1)
+    try:
+        done = _cmd("extract.frames", "--manifest", str(sample), "--work", str(tmp_path), "--backend", "dask",
+                    "--jobs", "2", "--num-frames", "8", "--size", "32")
+    finally:
+        held.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    assert len(done.stdout.splitlines()) == 1 and done.stdout.startswith("frames: done 4 / "), done.stdout
+
+
+# ----------------------------------------------------------------------------- a modality nobody has
+
+
+def test_training_text_without_captions_says_so(tmp_path):
+    rows = [Video(id=f"v{i}", path=str(tmp_path / f"v{i}.mp4"), label="ab"[i % 2], split=("train", "val", "test")[i % 3])
+            for i in range(12)]
+    manifest.write_manifest(tmp_path / "m.csv", rows)
+    made = _cmd("features.extract", "--modality", "text", "--manifest", str(tmp_path / "m.csv"), "--work",
+                str(tmp_path / "w"), "--device", "cpu")
+    assert made.returncode == 0, made.stderr
+    done = _cmd("classify.train", "--modality", "text", "--head", "linear", "--manifest", str(tmp_path / "m.csv"),
+                "--work", str(tmp_path / "w"))
+    assert done.returncode == cli.EXIT_RUN_FAILED
+    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "no captions" in error[0] and "text" in error[0], done.stderr
+    assert "do not match" not in done.stderr
