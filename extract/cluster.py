@@ -16,7 +16,6 @@ import threading
 from typing import Any, Callable, Iterable, Iterator
 
 from extract import cli
-from extract.cli import UserError
 from extract.options import add_options, option
 from extract.workers import default_jobs
 
@@ -44,7 +43,7 @@ def check_backend(backend: str, scheduler: str | None) -> None:
     """A scheduler address only means something with `--backend dask`: refuse it otherwise,
     rather than run on this machine while the user thinks the cluster does the work."""
     if scheduler and backend != "dask":
-        raise UserError(f"--scheduler {scheduler} needs --backend dask (the run would otherwise go to this "
+        raise cli.UserError(f"--scheduler {scheduler} needs --backend dask (the run would otherwise go to this "
                         "machine's processes)")
 
 
@@ -56,9 +55,12 @@ def check_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     this asks the scheduler's `identity` with one bounded exchange and raises a UserError
     naming the address otherwise."""
     from distributed.comm import connect
+    from distributed.security import Security
+
+    tls = Security().get_connection_args("client")  # the dask config's certificates, as a Client uses them
 
     async def identity():
-        comm = await connect(address, timeout=timeout)
+        comm = await connect(address, timeout=timeout, **tls)
         try:
             await comm.write({"op": "identity", "reply": True})
             return await comm.read()
@@ -85,7 +87,7 @@ def check_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         why = " ".join(f"{type(reply).__name__}: {reply}".split())[:200]
     else:
         why = "it answered, but not as a Dask scheduler"
-    raise UserError(f"no Dask scheduler at {address}: {why} (--connect-timeout sets the wait)")
+    raise cli.UserError(f"no Dask scheduler at {address}: {why} (--connect-timeout sets the wait)")
 
 
 @contextlib.contextmanager
