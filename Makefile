@@ -20,9 +20,15 @@
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
 #   PREDICT_WORK  work folder of `make predict` (default WORK-predict: never the training work folder)
 #
+#   ROOT      `make manifest`: the dataset folder (SOURCE=folder, the default), list file (SOURCE=list)
+#             or IEMOCAP tree (SOURCE=iemocap); writes MANIFEST. GROUP_REGEX: a group per file name
+#   OUT       `make export`: the bundle folder to write (MODEL for `make predict`)
+#
+# Every step is also `.venv/bin/dmver STEP ...` (dmver --help lists them; docs/own-data.md walks through).
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
 # the targets below carry on past that so one broken video does not stop a 31,761-video run,
-# and stop on anything worse (exit 2: nothing ran, or the run itself failed).
+# and stop on anything worse (exit 2: nothing ran, or the run itself failed; exit 3: every video
+# failed, nothing usable came out; 130: interrupted).
 
 PYTHON_BOOT  ?= python3
 VENV         := .venv
@@ -66,10 +72,17 @@ DASK_ARGS    := $(if $(BACKEND),--backend $(BACKEND)) $(if $(SCHEDULER),--schedu
 GPU_ARGS     := --gpus-per-task $(GPUS_PER_TASK)
 STAGE_ARGS   := --manifest $(MANIFEST) --work $(WORK) --jobs $(JOBS) $(DASK_ARGS)
 GEOMETRY     := --num-frames $(FRAMES) --size $(SIZE) --resize $(RESIZE)
-# Exit code 1 (some videos failed) is reported by the stage and does not stop make.
+# Exit code 1 (some videos failed) is reported by the stage and does not stop make; 3 (every
+# video failed) and the rest do.
 PARTIAL_OK   := || [ $$? -eq 1 ]
+COMMA        := ,
+EMPTY        :=
+SPACE        := $(EMPTY) $(EMPTY)
+# MODALITIES as the classify commands take them: "rgb flow" or "rgb,flow" -> rgb,flow
+MODALITY_LIST = $(subst $(SPACE),$(COMMA),$(strip $(subst $(COMMA),$(SPACE),$(MODALITIES))))
+SOURCE       ?= folder
 
-.PHONY: venv test test-all demo sample frames flow audio features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
+.PHONY: venv test test-all demo sample manifest list fuse export frames flow audio features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -92,6 +105,15 @@ sample: $(STAMP)
 $(MANIFEST):
 	$(MAKE) sample
 
+# manifest: ROOT=<dataset folder> MANIFEST=data/x.csv [SOURCE=folder|list|iemocap] [GROUP_REGEX=...]
+manifest: $(STAMP)
+	@test -n "$(ROOT)" || { echo "make manifest needs ROOT=<dataset folder or list file> (and MANIFEST=<csv to write>)"; exit 2; }
+	$(PY) -m extract.manifest $(SOURCE) $(ROOT) --out $(MANIFEST) $(if $(GROUP_REGEX),--group-regex '$(GROUP_REGEX)')
+
+# list: every registered modality, its weights and whether they are here.
+list: $(STAMP)
+	$(PY) -m features.extract --list --weights $(WEIGHTS)
+
 frames: $(STAMP) $(MANIFEST)
 	$(PY) -m extract.frames $(STAGE_ARGS) $(GEOMETRY) $(PARTIAL_OK)
 
@@ -111,6 +133,15 @@ features: $(STAMP)
 # weights: the checkpoints of `make features`; NAMES="r2plus1d clip ..." fetches those (file names or aliases).
 weights: $(STAMP)
 	$(PY) -m features.weights --out $(WEIGHTS) $(if $(NAMES),--only $(NAMES))
+
+# fuse: late fusion of MODALITIES (default rgb,flow,audio; "rgb flow text" or "rgb,flow,text").
+fuse: $(STAMP)
+	$(PY) -m classify.fuse --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) $(CV_ARGS)
+
+# export: MODALITIES' heads and fusion as a bundle in OUT (for make predict MODEL=OUT).
+export: $(STAMP)
+	@test -n "$(OUT)" || { echo "make export needs OUT=<bundle folder to write> (and MODALITIES=rgb,flow,audio)"; exit 2; }
+	$(PY) -m classify.export --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) --out $(OUT)
 
 table: $(STAMP)
 	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) --jobs $(JOBS) $(CV_ARGS) $(TABLE_ARGS)

@@ -88,6 +88,26 @@ def _settings(work, labels: Labels, modality: str, head_name: str, head) -> dict
     return settings
 
 
+def _no_training_features(work, modality: str, train_ids: list[str]) -> str:
+    """Why a cache gives no training video, in words: every video recorded without the modality
+    (no caption, no audio, ...), or a cache made from other videos."""
+    recorded = cache.missing(work, modality)
+    reasons: dict[str, int] = {}
+    for vid in train_ids:
+        if vid in recorded:
+            reasons[recorded[vid]] = reasons.get(recorded[vid], 0) + 1
+    text = f"no training video has {modality} features"
+    if not reasons:
+        return (f"{text}: the cache {cache.cache_path(work, modality)} holds other videos than the manifest's "
+                "(made from another manifest?); run the feature stage on this manifest")
+    common = max(reasons, key=reasons.get)
+    text += f": {sum(reasons.values())} of {len(train_ids)} are recorded without them ({common!r})"
+    if "caption" in common:
+        text += ("; the manifest has no captions: give it a `text` column (extract.manifest folder reads a "
+                 "<video>.txt beside each video), then run the feature stage for text again")
+    return text
+
+
 def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", seed: int = 0,
               params: dict | None = None, store: FeatureStore | None = None, force: bool = False) -> RunResult:
     """Train (or reuse) `W/runs/<modality>-<head>-seed<S>/` and return its predictions.
@@ -115,7 +135,7 @@ def train_run(work, labels: Labels | str, modality: str, head: str = "lstm", see
         counts[split] = {"with_features": len(have), "without": len(ids) - len(have)}
     train_ids, tr, y_tr = parts["train"]
     if not train_ids:
-        raise ValueError(f"no training video has {modality} features (manifest and cache do not match?)")
+        raise cli.UserError(_no_training_features(work, modality, labels.ids("train")))
     _, va, y_va = parts["val"]
     k = len(labels.class_names)
     log.info("training %s on %d %s sequences (val %d, test %d)", run_name(modality, head, seed, labels.tag), len(tr), modality,

@@ -6,6 +6,9 @@ Exit codes of every command (the docs' "Exit codes" page repeats them):
     1    some videos failed; the rest are done (a stage's failures.csv names them)
     2    nothing ran, or the run itself failed: one line `error: ...` on stderr,
          the traceback only with --verbose
+    3    every video failed (a stage, the feature stage): nothing usable came out, which
+         usually means a setting or the installation is wrong, not the videos; the Makefile
+         carries on past 1 only, so make stops on 3
     130  interrupted (Ctrl-C); run the same command again to resume
 
 A command's `main(argv)` parses its arguments and hands the work to `run(body, verbose)`:
@@ -19,15 +22,29 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import traceback
 from typing import Callable
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_ALL_FAILED = 3
 EXIT_USAGE = EXIT_RUN_FAILED  # nothing ran: the same code as a failed run (make stops on both)
 EPILOG = ("exit codes: 0 done; 1 some videos failed, the rest are done; 2 nothing ran, or the run itself failed "
-          "(one line 'error: ...'); 130 interrupted")
+          "(one line 'error: ...'); 3 every video failed; 130 interrupted")
 INTERRUPTED = "interrupted; run the same command again to resume"
+
+
+def _quiet_interrupt(kind, value, tb, _plain=sys.excepthook) -> None:
+    """A Ctrl-C that comes before `run` (while a command still imports torch or cv2) is one
+    line and exit 130 too, not the traceback of whatever import it stopped."""
+    if issubclass(kind, KeyboardInterrupt):
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+    _plain(kind, value, tb)
+
+
+sys.excepthook = _quiet_interrupt
 
 
 class UserError(Exception):
@@ -73,6 +90,15 @@ def setup_logging(verbose: bool = False, level: int = logging.INFO) -> None:
     handler.setFormatter(_Format("%(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else level)
+    quiet_libraries(verbose)
+
+
+def quiet_libraries(verbose: bool | None = None) -> None:
+    """Hold libraries' loggers to warnings (INFO with `verbose`; None: verbose when the root
+    logger is at DEBUG). Called again after importing `distributed`, whose import sets its
+    own loggers back to INFO."""
+    if verbose is None:
+        verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     for noisy in ("distributed", "dask", "bokeh", "tornado", "urllib3", "h5py", "matplotlib", "PIL",
                   "sentence_transformers", "transformers", "filelock", "fsspec", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)

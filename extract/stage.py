@@ -107,6 +107,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        if self.total and self.failed + self.upstream == self.total:
+            return cli.EXIT_ALL_FAILED  # not one video has an output
         return cli.EXIT_SOME_FAILED if self.failed or self.upstream else cli.EXIT_OK
 
     def line(self, work: str | os.PathLike | Work) -> str:
@@ -251,6 +253,7 @@ def _execute(stage: Stage, todo: Sequence[tuple[Video, Path]], settings: Any, jo
         parent = os.getpid()
         kernel = threading.current_thread() is threading.main_thread()
         parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")
+        workers.quiet_joblib_workers()  # Ctrl-C: one line from this process, nothing from its workers
         batches = parallel(delayed(_run_batch)(stage, g, settings, threads, claimed, parent, kernel) for g in groups)
     return (result for batch in batches for result in batch)
 
@@ -433,10 +436,16 @@ def run_command(stage: Stage, args: argparse.Namespace) -> int:
     """The body of a stage command: read the manifest, run the stage with the settings the
     options give, print the summary line; returns the exit code (run it through `cli.run`)."""
     settings = settings_from(args, stage.settings_type)
-    videos = read_manifest(args.manifest)
     run = settings_from(args, RunOptions)
     dask = settings_from(args, cluster.DaskOptions)
+    cluster.check_backend(run.backend, dask.scheduler)
+    videos = read_manifest(args.manifest)
+    if dask.scheduler:
+        cluster.check_scheduler(dask.scheduler, dask.connect_timeout)
     summary = run_stage(stage, videos, args.work, settings, jobs=run.jobs, backend=run.backend,
                         scheduler=dask.scheduler, gpus_per_task=dask.gpus_per_task)
     print(summary.line(args.work))
+    if summary.exit_code == cli.EXIT_ALL_FAILED:
+        print(f"error: every video failed in {stage.name}; see {Work(args.work).failures(stage.name)}",
+              file=sys.stderr)
     return summary.exit_code

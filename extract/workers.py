@@ -7,6 +7,7 @@ a thread, and checks it once more right before each publication (`check_parent`)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -72,3 +73,49 @@ def check_parent(parent: int | None) -> None:
     """End this process at once if `parent` is no longer its parent (the run is gone)."""
     if parent is not None and os.getppid() != parent:
         os._exit(ORPHANED)  # orphaned: nothing of ours may be published any more
+
+
+@contextlib.contextmanager
+def ctrl_c_blocked():
+    """Ctrl-C (SIGINT) blocked in this thread for the block; a process started meanwhile
+    inherits the blocked signal across exec. A Ctrl-C that arrives meanwhile is not lost: it
+    waits until the block ends (or goes to another thread of this process)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_quiet = False
+
+
+def quiet_joblib_workers() -> None:
+    """Start joblib's worker processes with Ctrl-C blocked, from now on in this process.
+
+    A terminal's Ctrl-C goes to the whole process group: a worker still importing, or between
+    tasks, would print its own KeyboardInterrupt traceback. The stage process alone handles it
+    (one line, exit 130) and shuts the workers down. joblib (loky) starts workers lazily, from
+    whichever thread needs one, always through `fork_exec`: wrapped here so that the one call
+    runs with the signal blocked in its thread."""
+    global _quiet
+    if _quiet:
+        return
+    from joblib.externals.loky.backend import fork_exec as module
+
+    plain = module.fork_exec
+
+    def fork_exec(*args, **kwargs):
+        with ctrl_c_blocked():
+            return plain(*args, **kwargs)
+
+    module.fork_exec = fork_exec
+    _quiet = True
+
+
+def ignore_ctrl_c(*_args) -> None:
+    """A worker's initialiser: leave Ctrl-C to the process that started it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

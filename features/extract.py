@@ -153,8 +153,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main(args: argparse.Namespace) -> int:
     modalities.get(args.modality)
+    cluster.check_backend(args.backend, args.scheduler)
     options = {opt.name: getattr(args, opt.name) for opt in modalities.all_options()}
     videos = read_manifest(args.manifest)
+    if args.scheduler:
+        cluster.check_scheduler(args.scheduler, args.connect_timeout)
     s = extract_features(args.modality, videos, args.work, weights=args.weights, device=args.device,
                          batch_size=args.batch_size, loaders=args.loaders, seed=args.seed,
                          videos_per_call=args.videos_per_call, backend=args.backend, scheduler=args.scheduler,
@@ -162,6 +165,9 @@ def _main(args: argparse.Namespace) -> int:
     if s["weights"] == "random":
         print(cache.random_weights_banner(args.work, [args.modality]) or "", file=sys.stderr)
     print(summary_line(args.modality, s))
+    if s["failed"] and not s["done"] and not s["skipped"]:
+        print(f"error: every video failed in features {args.modality}", file=sys.stderr)
+        return cli.EXIT_ALL_FAILED
     return cli.EXIT_SOME_FAILED if s["failed"] else cli.EXIT_OK
 
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from extract import records
+from extract import records, workers
 from extract.manifest import Video
 from features import backbones, cache, modalities
 from features.modalities import Missing, Modality
@@ -120,6 +120,7 @@ def embed(spec: Modality, backbone: backbones.Backbone, writer: cache.ShardWrite
     per_call = max(1, int(videos_per_call or backbone.videos_per_call))
     loader = torch.utils.data.DataLoader(Inputs(work, modality, todo, options), batch_size=per_call,
                                          collate_fn=_as_list, num_workers=loaders,
+                                         worker_init_fn=workers.ignore_ctrl_c if loaders else None,
                                          prefetch_factor=4 if loaders else None)
     from tqdm import tqdm
 
