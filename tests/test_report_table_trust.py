@@ -17,7 +17,7 @@ import pytest
 from classify import published, report, stats
 from classify import table as tbl
 from extract.manifest import read_manifest, write_manifest
-from features import bench_cache
+from benchmarks import cache as bench_cache
 
 JS = "window.__pwned=1"  # no quotes: survives repr() into the leak warning
 PAYLOADS = {"id": f"<img src=x onerror=\"{JS}\">", "class": f"<svg onload=\"{JS}\">",
