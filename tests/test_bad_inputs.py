@@ -82,7 +82,8 @@ def test_failures_and_warnings_csv_guard_free_text_and_read_it_back(tmp_path):
 
 
 def test_predictions_csv_guards_the_missing_reasons():
-    bundle = {"modalities": ["text"], "class_names": ["neg", "pos"]}
+    bundle = {"modalities": ["text"], "class_names": ["neg", "pos"],
+              "features": {"text": {"cache": {"weights": "pretrained"}}}}
     fused = np.full((1, 2), np.nan)
     P = np.full((1, 1, 2), np.nan)
     out = predict_cli.predictions_csv(bundle, ["=id"], fused, P, {"=id": ["=HYPERLINK(\"x\")"]})
