@@ -186,11 +186,18 @@ def many(tmp_path_factory) -> Path:
     return root / "manifest.csv"
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: Ctrl-C as a shell leaves it (default action, not blocked), whatever
+    this test process inherited or set (a test runner, an earlier in-process Dask or joblib run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _interrupt(args: list[str], started: Callable[[], bool], after: float = 0.3) -> subprocess.CompletedProcess:
     """Run `python -m args...` in a session of its own, wait until `started()` (at most 120 s) and
     `after` seconds more, then send SIGINT to its whole process group, as a terminal's Ctrl-C does."""
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, start_new_session=True)
+                            text=True, cwd=ROOT, start_new_session=True, preexec_fn=_as_from_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while not started() and proc.poll() is None and time.monotonic() < deadline:
