@@ -31,7 +31,7 @@ of audio on one core. A 15-s clip on the build machine (2 shared, heavily loaded
 Licence: openSMILE (the `opensmile` package and the binary library inside its wheel) is
 audEERING's research licence, not the project's MIT licence: free for research and education
 and other non-commercial use; commercial use needs a licence from audEERING GmbH. It is an
-optional dependency (`pip install .[egemaps]`); importing this module needs it.
+optional dependency (`pip install .[egemaps]`), imported when the first rows are computed.
 """
 from __future__ import annotations
 
