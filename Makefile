@@ -15,6 +15,7 @@
 #   CV        evaluation protocol of `make table` / `make bench-classify`: empty = the manifest's fixed split,
 #             K = group-aware K-fold cross-validation, groups = leave-one-group-out (see classify/protocol.py)
 #   HEAD, RULE, METRIC, EXTRA_ROWS, OUT  `make table`'s --head, --rule, --metric, --extra-rows, --out
+#   JOINT     `make table`'s --joint: the joint heads' rows (empty = early,tfn,xattn; JOINT=none: no such rows)
 #             (empty = the command's default; the table goes to WORK/table/<protocol>-<head>/ unless OUT says)
 #   TABLE     the table folder `make report` shows (default: the one written last under WORK/table/)
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
@@ -56,11 +57,12 @@ HEAD         ?=
 RULE         ?=
 METRIC       ?=
 EXTRA_ROWS   ?=
+JOINT        ?=
 OUT          ?=
 TABLE        ?=
 TABLE_ARGS   := $(if $(strip $(HEAD)),--head $(strip $(HEAD))) $(if $(strip $(RULE)),--rule $(strip $(RULE))) \
                 $(if $(strip $(METRIC)),--metric $(strip $(METRIC))) $(if $(strip $(EXTRA_ROWS)),--extra-rows "$(strip $(EXTRA_ROWS))") \
-                $(if $(strip $(OUT)),--out $(strip $(OUT)))
+                $(if $(strip $(JOINT)),--joint $(strip $(JOINT))) $(if $(strip $(OUT)),--out $(strip $(OUT)))
 
 # The demo runs the whole pipeline on the sample at a smaller geometry so it ends in minutes.
 DEMO_WORK    ?= work/demo

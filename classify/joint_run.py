@@ -174,6 +174,16 @@ def run_joint(work, labels: Labels, modalities: list[str], rule: str, seed: int 
     return FuseResult(final, metrics, list(test_ids), test_p)
 
 
+def _reusable(work, fold: Labels, modalities: list[str], rule: str, seed: int, params: dict | None):
+    return _reuse(as_work(work).run(_name(modalities, rule, seed, fold.tag)),
+                  settings_for(work, fold, modalities, rule, seed, params))
+
+
+def pending(work, folds: list[Labels], modalities: list[str], rule: str, seeds, params: dict | None = None) -> bool:
+    """Whether some (fold, seed) run of this joint rule would be trained (not reused)."""
+    return any(_reusable(work, f, modalities, rule, s, params) is None for f in folds for s in seeds)
+
+
 def joint_runs(work, folds: list[Labels], modalities: list[str], rule: str, seeds, params: dict | None = None,
                data: JointData | None = None) -> list[list]:
     """Every (fold, seed) run of one joint rule as `[fold][seed]`; the caches are loaded once, and
@@ -182,12 +192,11 @@ def joint_runs(work, folds: list[Labels], modalities: list[str], rule: str, seed
     for fold in folds:
         row = []
         for seed in seeds:
-            final = as_work(work).run(_name(modalities, rule, seed, fold.tag))
-            reused = _reuse(final, settings_for(work, fold, modalities, rule, seed, params))
-            if reused is None:
+            run = _reusable(work, fold, modalities, rule, seed, params)
+            if run is None:
                 data = data or JointData(work, modalities)
-                reused = run_joint(work, fold, modalities, rule, seed, params, data, force=True)
-            row.append(reused)
+                run = run_joint(work, fold, modalities, rule, seed, params, data, force=True)
+            row.append(run)
         out.append(row)
     return out
 
