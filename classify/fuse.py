@@ -1,7 +1,13 @@
-"""Late fusion of per-modality class probabilities.
+"""Late fusion of per-modality class probabilities (and the entry to the joint heads).
 
     python -m classify.fuse --modalities rgb,flow,audio [--head lstm] [--rule weighted] [--seed 0]
                             [--work work/sample] [--manifest data/sample/manifest.csv] [--cv fixed|K|groups]
+                            [--set NAME=VALUE ...]
+
+`--rule early|tfn|xattn` trains one joint head on all the modalities' cached features instead
+(`classify.joint_run`: same outputs, the head as joint.json + joint.npz, `--set` overriding its
+hyper-parameters, the test videos' missing modalities printed); everything below is about the
+late rules.
 
 Uses the runs `W/runs/<modality>-<head>-seed<S>/` (training any that is missing first, so it
 works straight after `make features`) and combines their probabilities video by video:
