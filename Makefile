@@ -136,14 +136,15 @@ features: $(STAMP)
 weights: $(STAMP)
 	$(PY) -m features.weights --out $(WEIGHTS) $(if $(NAMES),--only $(NAMES))
 
-# fuse: late fusion of MODALITIES (default rgb,flow,audio; "rgb flow text" or "rgb,flow,text").
+# fuse: fusion of MODALITIES (default rgb,flow,audio; "rgb flow text" or "rgb,flow,text"); RULE=stack,
+# or RULE=early|tfn|xattn for one joint head on all of them.
 fuse: $(STAMP)
-	$(PY) -m classify.fuse --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) $(CV_ARGS)
+	$(PY) -m classify.fuse --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) $(CV_ARGS) $(if $(strip $(RULE)),--rule $(strip $(RULE)))
 
 # export: MODALITIES' heads and fusion as a bundle in OUT (for make predict MODEL=OUT).
 export: $(STAMP)
 	@test -n "$(OUT)" || { echo "make export needs OUT=<bundle folder to write> (and MODALITIES=rgb,flow,audio)"; exit 2; }
-	$(PY) -m classify.export --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) --out $(OUT)
+	$(PY) -m classify.export --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) --out $(OUT) $(if $(strip $(RULE)),--rule $(strip $(RULE)))
 
 table: $(STAMP)
 	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) --jobs $(JOBS) $(CV_ARGS) $(TABLE_ARGS)
