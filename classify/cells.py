@@ -3,7 +3,9 @@
 `build_table` returns the whole table as a JSON-ready dict (fractions). Every cell is the test
 accuracy, balanced accuracy and macro-F1 as mean ± std over seeds (with `--cv K|groups`, over
 folds × seeds: `classify.protocol`); seed S of a joint cell fuses the single runs of seed S
-(`classify.fuse`) on the same fold. Each cell also gets a 95 % interval of its accuracy (`ci95`,
+(`classify.fuse`) on the same fold; a joint head's row (`Row.rule` early, tfn or xattn) trains
+one head per seed on all its modalities instead (`classify.joint_run`, the caches loaded once for
+all such rows). Each cell also gets a 95 % interval of its accuracy (`ci95`,
 Clopper-Pearson exact binomial, valid on any test size) and bootstrap intervals over the test
 videos for the other metrics (`ci95_by_metric`), and each joint cell a paired test against the best single modality it fuses
 (`p_joint_vs_best_single`; `classify.stats`). Single modalities are trained one modality at a
