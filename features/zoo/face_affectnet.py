@@ -49,7 +49,8 @@ def load_track(work, video_id: str):
         return reader(work, video_id)
     path = Work(work).output(NAME, video_id, SUFFIX)
     if not path.is_file():
-        raise FileNotFoundError(f"no face track for {video_id!r} in {Work(work).stage(NAME)} (run the faces stage first)")
+        raise FileNotFoundError(f"no face track for {video_id!r} in {Work(work).stage(NAME)} "
+                                "(run the faces stage first)")
     with np.load(path) as z:
         return Track(*(z[k] for k in Track._fields))
 
@@ -81,6 +82,8 @@ class FaceCrops(Source):
 
     def load(self, work: Path, video: Video, options: dict):
         track = load_track(work, video.id)
+        if track is None:
+            return Missing("no face")
         crops, found = np.asarray(track.crops), np.asarray(track.found, dtype=bool)
         if found.ndim != 1 or len(crops) != len(found):
             raise ValueError(f"face track of {video.id!r}: {len(crops)} crops but found flags of shape {found.shape}")
