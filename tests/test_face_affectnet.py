@@ -80,6 +80,19 @@ def test_the_published_pickle_and_its_state_dict_load_strictly_and_agree(files):
     torch.testing.assert_close(ra[:, :8].sum(1), torch.ones(3))
 
 
+def test_reading_the_pickle_rebuilds_no_layer_class(files, monkeypatch):
+    """The file's layers become inert stand-ins: no module class's unpickling code runs."""
+    _, whole, _ = files
+
+    def refuse(self, state):
+        raise AssertionError(f"a real {type(self).__name__} was unpickled")
+
+    monkeypatch.setattr(nn.Module, "__setstate__", refuse)
+    state = affectnet.read_checkpoint(whole)
+    assert state.keys() == published_model().state_dict().keys()
+    assert all(type(v) in (torch.Tensor, nn.Parameter) for v in state.values())
+
+
 class Pool(nn.Module):
     def forward(self, x):
         return x.mean((2, 3))
