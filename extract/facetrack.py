@@ -7,12 +7,14 @@ frames, so `follow`:
 1. runs the full detector (`extract.mtcnn.detect`) on key frames, every `every`-th picked
    frame and the last one;
 2. links the key frames' faces into tracks (a face continues a track when its centre is within
-   one face width of the track's last box and its size within a factor 2) and keeps the main
+   one face width of the track's last box, its size within a factor 2, and the track was seen
+   at most `MAX_GAP` key frames before) and keeps the main
    track: the largest sum of score x face side over its key frames, so a big, confident face
    seen throughout wins over a passer-by, a small face in the background or whichever face
    happened to come first;
-3. on every frame near the main track (between two of its key frames, or next to one) guesses
-   the box (interpolated between key frames) and lets O-Net alone (`extract.mtcnn.refine`)
+3. on every other frame near the main track (between two of its key frames, or next to one,
+   key frames where the detector missed it included) guesses the box (interpolated between
+   key frames) and lets O-Net alone (`extract.mtcnn.refine`)
    confirm and correct it, twice; a frame where O-Net does not confirm the face gets the full
    search after all, and keeps the face found nearest the guess, if any.
 
@@ -34,6 +36,7 @@ import numpy as np
 from extract import mtcnn
 
 MAX_TILT = 45.0   # degrees; a larger eye-line angle is taken for a landmark error, not a head tilt
+MAX_GAP = 2       # key frames in a row where a track's face may be missed (a turn, a blink of the detector)
 
 
 class Followed(NamedTuple):
@@ -67,7 +70,7 @@ def main_track(found: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, tuple[np
     for k, (boxes, scores) in enumerate(found):
         taken: set[int] = set()
         for box, score in sorted(zip(boxes, scores), key=lambda bs: -_side(bs[0])):
-            open_ = [i for i, t in enumerate(tracks) if i not in taken and k - 1 in t["members"]
+            open_ = [i for i, t in enumerate(tracks) if i not in taken and k - max(t["members"]) <= MAX_GAP + 1
                      and _continues(t["last"], box)]
             if open_:
                 i = min(open_, key=lambda i: float(np.linalg.norm(_centre(box) - _centre(tracks[i]["last"]))))
@@ -89,18 +92,25 @@ def key_frames(n: int, every: int) -> list[int]:
     return sorted(set(range(0, n, max(1, every))) | {n - 1})
 
 
-def _guesses(n: int, keys: list[int], members: dict[int, tuple[np.ndarray, float]]) -> dict[int, np.ndarray]:
-    """A guessed box for each frame next to the main track: interpolated between two consecutive
-    key frames that both hold it, the one key frame's box where only one does."""
+def _guesses(n: int, every: int, members: dict[int, tuple[np.ndarray, float]]) -> dict[int, np.ndarray]:
+    """A guessed box for each frame near the main track and not one of its key frames:
+    interpolated between the track's key frames around it (at most `MAX_GAP` key frames
+    missing between them), else the nearer one's box when it is less than `every` frames away."""
     out: dict[int, np.ndarray] = {}
-    for a, b in zip(keys[:-1], keys[1:]):
-        ina, inb = a in members, b in members
-        for t in range(a + 1, b):
-            if ina and inb:
-                w = (t - a) / (b - a)
-                out[t] = (1 - w) * members[a][0] + w * members[b][0]
-            elif ina or inb:
-                out[t] = members[a if ina else b][0]
+    pos = sorted(members)
+    for t in range(n):
+        if t in members:
+            continue
+        before = [p for p in pos if p < t]
+        after = [q for q in pos if q > t]
+        p, q = (before[-1] if before else None), (after[0] if after else None)
+        if p is not None and q is not None and q - p <= (MAX_GAP + 1) * every:
+            w = (t - p) / (q - p)
+            out[t] = (1 - w) * members[p][0] + w * members[q][0]
+        elif p is not None and t - p < every:
+            out[t] = members[p][0]
+        elif q is not None and q - t < every:
+            out[t] = members[q][0]
     return out
 
 
@@ -127,7 +137,7 @@ def follow(nets, frames: np.ndarray, every: int = 8, min_face: float = mtcnn.MIN
     searched = len(keys)
     for t, (box, score) in members.items():
         boxes[t], scores[t] = box, score
-    guesses = _guesses(n, keys, members)
+    guesses = _guesses(n, every, members)
     todo = sorted(guesses)
     if todo:
         guess = np.stack([guesses[t] for t in todo])
