@@ -6,7 +6,10 @@ session fixture `face_weights`). One run of the command over all of them is shar
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,7 +17,14 @@ import pytest
 from benchmarks import facevideo as fv
 from extract import clip, faces, records, stage
 from extract.manifest import read_manifest
-from tests.cli import run_cli
+
+
+def run_faces(*args) -> subprocess.CompletedProcess:
+    """`python -m extract.faces ARGS` in this process (jobs 1: no worker processes to start)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = faces.main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 W, H, FPS, SECONDS, T = 240, 320, 15, 2.0, 16
 ARGS = ("--num-frames", T, "--every", 4, "--jobs", 1)
@@ -63,7 +73,7 @@ def run(tmp_path_factory, face_weights):
     manifest = folder / "manifest.csv"
     manifest.write_text("id,path,label,split\n" + "".join(f"{v},{folder / v}.mp4,happy,train\n" for v in ids))
     work = folder / "work"
-    done = run_cli("extract.faces", "--manifest", manifest, "--work", work, "--weights", face_weights, *ARGS)
+    done = run_faces("--manifest", manifest, "--work", work, "--weights", face_weights, *ARGS)
     return {"folder": folder, "manifest": manifest, "work": work, "done": done, "truth": truth,
             "weights": face_weights}
 
@@ -149,10 +159,10 @@ def test_the_picks_are_the_frames_stages(run, tmp_path):
 
 
 def test_a_second_run_resumes_and_other_settings_are_refused(run):
-    again = run_cli("extract.faces", "--manifest", run["manifest"], "--work", run["work"], "--weights",
+    again = run_faces("--manifest", run["manifest"], "--work", run["work"], "--weights",
                     run["weights"], *ARGS)
     assert again.returncode == 1 and "done 0 / skipped 6 / failed 1" in again.stdout
-    other = run_cli("extract.faces", "--manifest", run["manifest"], "--work", run["work"], "--weights",
+    other = run_faces("--manifest", run["manifest"], "--work", run["work"], "--weights",
                     run["weights"], *ARGS[:2], "--every", 2)
     assert other.returncode == 2 and "settings" in other.stderr
 
@@ -160,7 +170,7 @@ def test_a_second_run_resumes_and_other_settings_are_refused(run):
 @pytest.mark.parametrize("weights", ["missing", "random"])
 def test_without_the_detector_the_command_exits_2_naming_make_weights(run, tmp_path, weights):
     folder = tmp_path / "nothing" if weights == "missing" else "random"
-    done = run_cli("extract.faces", "--manifest", run["manifest"], "--work", tmp_path / "w", "--weights", folder)
+    done = run_faces("--manifest", run["manifest"], "--work", tmp_path / "w", "--weights", folder)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "make weights NAMES=face" in lines[0]
