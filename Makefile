@@ -82,7 +82,7 @@ SPACE        := $(EMPTY) $(EMPTY)
 MODALITY_LIST = $(subst $(SPACE),$(COMMA),$(strip $(subst $(COMMA),$(SPACE),$(MODALITIES))))
 SOURCE       ?= folder
 
-.PHONY: venv test test-all demo sample manifest list fuse export frames flow audio faces features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
+.PHONY: venv test test-all demo sample manifest list fuse export frames flow audio faces features weights table report predict bench bench-features bench-faces bench-cache bench-classify bench-dask projection gpu-check clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -174,6 +174,11 @@ bench: $(STAMP)
 bench-features: $(STAMP)
 	$(PY) -m benchmarks.features
 
+# bench-faces: faces stage + expression network + eGeMAPS per DMVER-like video on one core (work/bench-faces/);
+# needs `make weights NAMES=face`.
+bench-faces: $(STAMP)
+	$(PY) -m benchmarks.faces --weights $(WEIGHTS)
+
 bench-cache: $(STAMP)
 	$(PY) -m benchmarks.cache
 
@@ -184,7 +189,7 @@ bench-classify: $(STAMP)
 bench-dask: $(STAMP)
 	$(PY) -m benchmarks.dask_overhead
 
-# projection: DMVER's cost from the measured per-video rates (bench-features; gpu-check's report when there is one).
+# projection: DMVER's cost from the measured per-video rates (bench-features; bench-faces and gpu-check's report when there are).
 projection: $(STAMP)
 	$(PY) -m benchmarks.projection
 

@@ -1,6 +1,7 @@
 """DMVER's extraction cost projected from measured per-video rates.
 
     python -m benchmarks.projection [--bench work/bench-features/bench_features.json]
+                                  [--faces work/bench-faces/bench_faces.json]
                                   [--gpu work/gpu-check/report.json] [--cores 16]
 
 What it reads, all measured by commands of this repository:
@@ -8,6 +9,9 @@ What it reads, all measured by commands of this repository:
 * `make bench-features` (`benchmarks.features`): seconds per video of each stage and backbone on this
   machine at the default geometry, stages with all cores busy, backbones in one process using
   all cores; the text modality per caption;
+* `make bench-faces` (`benchmarks.faces`), when its output exists: the faces stage, the face
+  (expression) features and eGeMAPS on a DMVER-like 15-s video, on one core; this machine with
+  all its cores does them at that rate divided by its cores (wall seconds on the pinned core);
 * `make gpu-check` (`benchmarks.gpu_check`), when its report exists and ran on CUDA: the stages'
   and backbones' seconds per video end to end on the GPU machine.
 
@@ -49,6 +53,12 @@ def mean_duration(manifest: Path) -> float:
         paths = [manifest.parent / row["path"] for row in csv.DictReader(f)]
     durations = [media.probe(p).duration for p in paths]
     return sum(d for d in durations if d) / max(1, sum(1 for d in durations if d))
+
+
+def face_rows(faces: dict, cores: int) -> list[dict]:
+    """bench-faces' one-core seconds as bench-features rows: per video with all `cores` cores busy."""
+    parts = (("stage", "faces", "faces_stage"), ("features", "face", "expression"), ("features", "egemaps", "egemaps"))
+    return [{"kind": kind, "step": step, "seconds_per_video": faces[key]["wall"] / cores} for kind, step, key in parts]
 
 
 def _videos(step: str, kind: str) -> int:
@@ -101,6 +111,7 @@ def markdown(p: dict) -> str:
 def main(argv=None) -> int:
     parser = cli.parser("python -m benchmarks.projection", __doc__.split("\n\n")[0])
     parser.add_argument("--bench", default="work/bench-features/bench_features.json", help="make bench-features' output")
+    parser.add_argument("--faces", default="work/bench-faces/bench_faces.json", help="make bench-faces' output (if any)")
     parser.add_argument("--gpu", default="work/gpu-check/report.json", help="make gpu-check's report (if any)")
     parser.add_argument("--cores", type=int, default=16)
     args = parser.parse_args(argv)
@@ -115,10 +126,14 @@ def _main(args: argparse.Namespace) -> int:
     gpu_file = Path(args.gpu)
     gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else None
     seconds = mean_duration(bench_file.parent / "manifest.csv")
+    faces_file = Path(args.faces)
+    if faces_file.is_file():
+        bench = {**bench, "rows": bench["rows"] + face_rows(json.loads(faces_file.read_text()), int(bench["cpus"]))}
     p = project(bench, seconds, args.cores, gpu)
     print(f"DMVER: {DMVER_VIDEOS:,} videos of about {DMVER_SECONDS:.0f} s ({DMVER_CAPTIONED:,} with a caption); "
           f"rates of make bench-features ({p['bench_date']}, load average {p['bench_load'][0]:.1f}), "
           f"audio scaled x{p['duration_scale']:.2f} from the benchmark videos' mean {seconds:.1f} s"
+          + ("" if faces_file.is_file() else "; no make bench-faces output: faces, face and egemaps left out")
           + ("" if gpu else "; no GPU report (make gpu-check): GPU not measured"))
     print(markdown(p), end="")
     return 0
