@@ -155,8 +155,12 @@ def photo_clip(name: str, n: int, width: int, height: int, seconds: float, fps: 
 def run(out: Path, weights: str, seconds: float = 15.0, width: int = 720, height: int = 1280, fps: float = 30.0,
         num_frames: int = 79, repeat: int = 3, lfw: int = 25, window: float = 4.0, hop: float = 2.0,
         old_path: bool = True) -> dict:
+    cpus = len(os.sched_getaffinity(0))
     with one_core() as core:
-        return _run(core, out, weights, seconds, width, height, fps, num_frames, repeat, lfw, window, hop, old_path)
+        result = {"cpus": cpus, **_run(core, out, weights, seconds, width, height, fps, num_frames, repeat, lfw, window,
+                                       hop, old_path)}
+    (out / "bench_faces.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def _run(core: int, out: Path, weights: str, seconds: float, width: int, height: int, fps: float, num_frames: int,
@@ -241,7 +245,6 @@ def _run(core: int, out: Path, weights: str, seconds: float, width: int, height:
              "hopper": [photo_clip("hopper", num_frames, sw, sh, seconds, fps)],
              "lfw": lfw_clips(lfw, sw, sh)}
     result["recall"] = {name: recall_of(nets, c, settings.every, settings.min_face) for name, c in clips.items() if c}
-    (out / "bench_faces.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 

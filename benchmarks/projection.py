@@ -119,14 +119,15 @@ def main(argv=None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    bench_file = Path(args.bench)
+    bench_file, faces_file = Path(args.bench), Path(args.faces)
     if not bench_file.is_file():
+        if faces_file.is_file():
+            return _faces_only(json.loads(faces_file.read_text()), args.cores)
         raise cli.UserError(f"{bench_file} is missing: run `make bench-features` first")
     bench = json.loads(bench_file.read_text())
     gpu_file = Path(args.gpu)
     gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else None
     seconds = mean_duration(bench_file.parent / "manifest.csv")
-    faces_file = Path(args.faces)
     if faces_file.is_file():
         bench = {**bench, "rows": bench["rows"] + face_rows(json.loads(faces_file.read_text()), int(bench["cpus"]))}
     p = project(bench, seconds, args.cores, gpu)
@@ -135,6 +136,18 @@ def _main(args: argparse.Namespace) -> int:
           f"audio scaled x{p['duration_scale']:.2f} from the benchmark videos' mean {seconds:.1f} s"
           + ("" if faces_file.is_file() else "; no make bench-faces output: faces, face and egemaps left out")
           + ("" if gpu else "; no GPU report (make gpu-check): GPU not measured"))
+    print(markdown(p), end="")
+    return 0
+
+
+def _faces_only(faces: dict, cores: int) -> int:
+    """The projection of the faces stage, face and egemaps alone (no make bench-features output)."""
+    here = int(faces["cpus"])
+    p = project({"cpus": here, "date": faces["date"], "load_average": faces["load_average"],
+                 "rows": face_rows(faces, here)}, DMVER_SECONDS, cores)
+    print(f"DMVER: {DMVER_VIDEOS:,} videos of about {DMVER_SECONDS:.0f} s; faces stage, face and egemaps only "
+          f"(no make bench-features output), rates of make bench-faces ({p['bench_date']}, load average "
+          f"{p['bench_load'][0]:.1f}) on one core of {here}")
     print(markdown(p), end="")
     return 0
 
