@@ -96,7 +96,7 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 # test: the suite without the tests marked slow (benchmarks and the GPU check run end to end);
-# test-all: everything (CI runs it). Times: docs/performance.md.
+# test-all: everything. CI (.ci/run) runs `make test`. Times: docs/performance.md.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
