@@ -82,7 +82,7 @@ SPACE        := $(EMPTY) $(EMPTY)
 MODALITY_LIST = $(subst $(SPACE),$(COMMA),$(strip $(subst $(COMMA),$(SPACE),$(MODALITIES))))
 SOURCE       ?= folder
 
-.PHONY: venv test test-all demo sample manifest list fuse export frames flow audio features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
+.PHONY: venv test test-all demo sample manifest list fuse export frames flow audio faces features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -122,6 +122,10 @@ flow: $(STAMP) $(MANIFEST)
 
 audio: $(STAMP) $(MANIFEST)
 	$(PY) -m extract.audio $(STAGE_ARGS) $(PARTIAL_OK)
+
+# faces: the main face per picked frame (same FRAMES as frames); needs `make weights NAMES=face` (exit 2 without).
+faces: $(STAMP) $(MANIFEST)
+	$(PY) -m extract.faces $(STAGE_ARGS) --num-frames $(FRAMES) --weights $(WEIGHTS) $(PARTIAL_OK)
 
 # features: every modality of the registry (python -m features.extract --names; or MODALITIES="rgb flow");
 # WEIGHTS=random runs seeded random backbones (numbers not comparable; the text encoder is always the real one).

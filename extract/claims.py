@@ -27,7 +27,7 @@ from extract import cli, durable
 
 SETTINGS_FILE, LOCK_FILE = "settings.json", "settings.lock"
 # Settings that change how a stage runs, not what it writes: free to differ between runs.
-RUNTIME_SETTINGS = ("timeout", "batch_pairs", "batch_videos")
+RUNTIME_SETTINGS = ("timeout", "batch_pairs", "batch_videos", "weights")
 
 
 class SettingsMismatch(cli.UserError):

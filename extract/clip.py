@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -112,13 +112,23 @@ def probe_video(video: Video, timeout: float = media.DEFAULT_TIMEOUT) -> media.M
     return info
 
 
-def decode(video: Video, info: media.MediaInfo, settings: ClipSettings, wanted: Sequence[int] | None,
-           gray: bool = False, count_from: int | None = None):
+# How a stage wants its frames: displayed size -> (FFmpeg filters, output width, output height).
+Geometry = Callable[[media.MediaInfo], tuple[list[media.FilterSpec], int, int]]
+
+
+def square_geometry(settings: ClipSettings) -> Geometry:
+    """The frames and flow stages' geometry: `settings.size` squares (`geometry_filters`)."""
+    return lambda info: (geometry_filters(info.width, info.height, settings), settings.size, settings.size)
+
+
+def decode(video: Video, info: media.MediaInfo, settings, wanted: Sequence[int] | None,
+           gray: bool = False, count_from: int | None = None, geometry: Geometry | None = None):
     """One decoding pass over the clip, keeping the frame numbers in `wanted` (all when None);
-    with `count_from`, a `media.DecodedFrames` that also counts the frames from that number on."""
-    return media.decode_frames(video.path, geometry_filters(info.width, info.height, settings), settings.size,
-                               settings.size, indices=wanted, gray=gray, start=video.start, end=video.end,
-                               timeout=settings.timeout, count_from=count_from)
+    with `count_from`, a `media.DecodedFrames` that also counts the frames from that number on.
+    `geometry` defaults to the square frames of `settings` (a `ClipSettings`)."""
+    filters, width, height = (geometry or square_geometry(settings))(info)
+    return media.decode_frames(video.path, filters, width, height, indices=wanted, gray=gray, start=video.start,
+                               end=video.end, timeout=settings.timeout, count_from=count_from)
 
 
 @dataclasses.dataclass
@@ -156,8 +166,13 @@ def _plan(n: int, settings: ClipSettings, with_partners: bool) -> tuple[np.ndarr
     return picks, partners, _wanted(picks, partners)
 
 
-def decode_clip(video: Video, settings: ClipSettings, with_partners: bool = False, gray: bool = False) -> DecodedClip:
+def decode_clip(video: Video, settings, with_partners: bool = False, gray: bool = False,
+                geometry: Geometry | None = None) -> DecodedClip:
     """Decode what the picked frames (and, for flow, their partners) need, in one pass.
+
+    `settings` gives `num_frames` and `timeout` (a `ClipSettings`, or another stage's settings
+    with those fields and its own `geometry`: the face stage decodes larger frames at the same
+    picks).
 
     The picks are planned on the container's frame count (`declared_frame_count`), so FFmpeg
     can drop the unwanted frames before scaling; the same pass also counts the frames from just
@@ -172,7 +187,7 @@ def decode_clip(video: Video, settings: ClipSettings, with_partners: bool = Fals
     if declared is not None:
         picks, partners, wanted = _plan(declared, settings, with_partners)
         count_from = max(wanted[-1] + 1, declared - FRAME_TOLERANCE - 1)
-        got = decode(video, info, settings, wanted, gray, count_from=count_from)
+        got = decode(video, info, settings, wanted, gray, count_from=count_from, geometry=geometry)
         exact = got.beyond > 0 or count_from == wanted[-1] + 1
         if len(got.frames) == len(wanted) and exact:
             decoded = count_from + got.beyond
@@ -180,11 +195,11 @@ def decode_clip(video: Video, settings: ClipSettings, with_partners: bool = Fals
                 return DecodedClip(picks, dict(zip(wanted, got.frames)), partners, info, declared, decoded)
             if decoded > declared:  # longer than declared: its real length is known, pick again over it
                 picks, partners, wanted = _plan(decoded, settings, with_partners)
-                frames = decode(video, info, settings, wanted, gray)
+                frames = decode(video, info, settings, wanted, gray, geometry=geometry)
                 if len(frames) == len(wanted):
                     stage.warn(length_warning(declared, decoded))
                     return DecodedClip(picks, dict(zip(wanted, frames)), partners, info, declared, decoded)
-    every = decode(video, info, settings, None, gray)
+    every = decode(video, info, settings, None, gray, geometry=geometry)
     warning = length_warning(declared, len(every))
     if warning:
         stage.warn(warning)

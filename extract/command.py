@@ -17,6 +17,7 @@ STEPS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "frames": ("extract.frames", (), "stage: decode the picked frames of every video"),
     "flow": ("extract.flow", (), "stage: TV-L1 optical flow"),
     "audio": ("extract.audio", (), "stage: 16 kHz mono audio and log-mel examples"),
+    "faces": ("extract.faces", (), "stage: the main face per picked frame (crops, boxes, scores)"),
     "weights": ("features.weights", (), "download and check the backbone checkpoints"),
     "features": ("features.extract", (), "embed one modality into the feature cache"),
     "expressions": ("features.expressions", (), "per-video facial expressions (FER2013) as a CSV"),

