@@ -258,10 +258,10 @@ def render_frames(plan: Plan):
     canvas = np.empty_like(background)
     for t in range(plan.frames):
         np.copyto(canvas, background)
+        if plan.face:   # behind the shapes: they keep their motion, and sometimes hide the face a moment
+            paste_face(canvas, plan.face, t, plan.frames)
         for shape in shapes:
             shape.draw(canvas, t)
-        if plan.face:
-            paste_face(canvas, plan.face, t, plan.frames)
         dy, dx = jitter[t]
         yield np.ascontiguousarray(canvas[PAD + dy: PAD + dy + HEIGHT, PAD + dx: PAD + dx + WIDTH])
 

@@ -4,7 +4,7 @@ Drawn shapes are not faces to a detector, so a share of the sample's videos (`FA
 per video from a stream of its own, so every other parameter of the sample stays as it was) carry
 a real photograph: the astronaut Eileen Collins from scikit-image's bundled test images
 (`skimage.data.astronaut()`, a NASA photo in the public domain), cut out as an ellipse around her
-smiling face and pasted over the scene, slowly moving and zooming (face 90 to 150 px wide in the
+smiling face and pasted into the scene behind the moving shapes, slowly moving and zooming (face 90 to 150 px wide in the
 360x640 frame). The face does not depend on the video's class: it is a real input for the
 pipeline, not a cue (one photograph shows one expression).
 
