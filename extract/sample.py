@@ -258,11 +258,11 @@ def render_frames(plan: Plan):
     canvas = np.empty_like(background)
     for t in range(plan.frames):
         np.copyto(canvas, background)
-        if plan.face:   # behind the shapes: they keep their motion, and sometimes hide the face a moment
-            paste_face(canvas, plan.face, t, plan.frames)
+        dy, dx = jitter[t]
+        if plan.face:   # behind the shapes (they keep their motion), still in the frame (no camera shake)
+            paste_face(canvas, plan.face, t, plan.frames, offset=(PAD + dx, PAD + dy))
         for shape in shapes:
             shape.draw(canvas, t)
-        dy, dx = jitter[t]
         yield np.ascontiguousarray(canvas[PAD + dy: PAD + dy + HEIGHT, PAD + dx: PAD + dx + WIDTH])
 
 

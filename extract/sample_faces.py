@@ -47,15 +47,17 @@ def _photo() -> tuple[np.ndarray, np.ndarray]:
     return photo, mask
 
 
-def paste_face(canvas: np.ndarray, face: tuple[float, ...], t: int, frames: int) -> None:
-    """Paste the face at frame t of `frames` onto the uint8 RGB `canvas`, in place."""
+def paste_face(canvas: np.ndarray, face: tuple[float, ...], t: int, frames: int,
+               offset: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Paste the face at frame t of `frames` onto the uint8 RGB `canvas`, in place, its trajectory
+    shifted by `offset` (x, y): the frame's place in a larger canvas."""
     import cv2
 
     photo, mask = _photo()
     phase = t / max(1, frames - 1)
     x0, y0, dx, dy, width0, width1 = face
     scale = (width0 + (width1 - width0) * phase) / (FACE_BOX[2] - FACE_BOX[0])
-    cx, cy = x0 + dx * phase, y0 + dy * phase
+    cx, cy = x0 + dx * phase + offset[0], y0 + dy * phase + offset[1]
     # only the rectangle around the ellipse is warped and blended
     left, top = max(0, int(cx - 1.1 * scale * HEAD[2])), max(0, int(cy - 1.1 * scale * HEAD[3]))
     right = min(canvas.shape[1], int(cx + 1.1 * scale * HEAD[2]) + 1)
