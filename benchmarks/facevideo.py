@@ -91,43 +91,63 @@ def speech_like(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     return (0.25 * voiced * envelope + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def write_video(path: str | os.PathLike, width: int = 720, height: int = 1280, seconds: float = 15.0,
-                fps: float = 30.0, face_range: tuple[float, float] | None = None, name: str = "astronaut",
-                face_until: float | None = None, audio: bool = True) -> Path:
-    """An H.264/AAC MP4 of the moving face; with `face_until` (seconds) the picture cuts to a
-    face-free background (the photo's corner) from then on."""
+def write_frames(path: str | os.PathLike, frames, width: int, height: int, fps: float = 30.0,
+                 audio_seconds: float | None = None, rotate: int | None = None) -> Path:
+    """Encode an iterable of displayed uint8 RGB frames [height, width, 3] as H.264 (with AAC
+    speech-like audio of `audio_seconds`). `rotate` (90, 180, 270: clockwise, like a phone's tag)
+    stores the frames turned the other way with display-matrix metadata, so a player (and
+    FFmpeg's decoder) shows them as given."""
     from extract.media import ffmpeg_exe
 
     path = Path(path)
-    n = int(round(seconds * fps))
-    image, face = photo(name), PHOTOS[name]
-    face_range = face_range or (0.3 * min(width, height), 0.55 * min(width, height))
-    empty = cv2.resize(image[:40, :40], (width, height), interpolation=cv2.INTER_LINEAR)
+    quarter = (int(rotate) // 90) % 4 if rotate else 0
+    sw, sh = (height, width) if quarter % 2 else (width, height)
+    base = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y"]
     with tempfile.TemporaryDirectory(prefix="facevideo-") as tmp:
-        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
-        if audio:
+        target = Path(tmp) / ("norot" + path.suffix) if quarter else path
+        cmd = [*base, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{sw}x{sh}", "-r", str(fps), "-i", "pipe:0"]
+        if audio_seconds:
             wav = Path(tmp) / "voice.wav"
             with wave.open(str(wav), "wb") as w:
                 w.setnchannels(1)
                 w.setsampwidth(2)
                 w.setframerate(16000)
-                w.writeframes((speech_like(seconds) * 32767).astype("<i2").tobytes())
+                w.writeframes((speech_like(audio_seconds) * 32767).astype("<i2").tobytes())
             cmd += ["-i", str(wav), "-c:a", "aac", "-b:a", "96k", "-shortest"]
-        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", str(path)]
+        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", str(target)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            for k in range(n):
-                if face_until is not None and k / fps >= face_until:
-                    frame = empty
-                else:
-                    frame, _ = face_frame(image, face, width, height, *motion(k / max(1, n - 1), width, height,
-                                                                               face_range))
-                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+            for frame in frames:
+                proc.stdin.write(np.ascontiguousarray(np.rot90(frame, k=quarter)).tobytes())
             proc.stdin.close()
         except BrokenPipeError:
             pass
         err = proc.stderr.read().decode(errors="replace")
         if proc.wait() != 0:
             raise RuntimeError(f"ffmpeg could not write {path}: {err[-500:]}")
+        if quarter:
+            done = subprocess.run([*base, "-display_rotation:v:0", str(-int(rotate)), "-i", str(target), "-map", "0",
+                                   "-c", "copy", str(path)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"ffmpeg could not tag {path}: {done.stderr[-500:]}")
     return path
+
+
+def write_video(path: str | os.PathLike, width: int = 720, height: int = 1280, seconds: float = 15.0,
+                fps: float = 30.0, face_range: tuple[float, float] | None = None, name: str = "astronaut",
+                face_until: float | None = None, audio: bool = True, rotate: int | None = None) -> Path:
+    """An H.264/AAC MP4 of the moving face; with `face_until` (seconds) the picture cuts to a
+    face-free background (the photo's corner) from then on."""
+    n = int(round(seconds * fps))
+    image, face = photo(name), PHOTOS[name]
+    face_range = face_range or (0.3 * min(width, height), 0.55 * min(width, height))
+    empty = cv2.resize(image[:40, :40], (width, height), interpolation=cv2.INTER_LINEAR)
+
+    def frames():
+        for k in range(n):
+            if face_until is not None and k / fps >= face_until:
+                yield empty
+            else:
+                yield face_frame(image, face, width, height, *motion(k / max(1, n - 1), width, height, face_range))[0]
+
+    return write_frames(path, frames(), width, height, fps, seconds if audio else None, rotate)

