@@ -70,13 +70,15 @@ def test_one_row_per_frame_with_a_face_probabilities_then_activations(faced, tmp
 
 
 def test_random_weights_are_seeded_and_say_so(faced, tmp_path):
-    work = _own_copy(faced, tmp_path)
-    extract_features("face", faced["rows"], work, weights="random", seed=3, device="cpu", loaders=0)
-    first = cache.load(work, "face").x.copy()
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        work = _own_copy(faced, tmp_path / name)
+        extract_features("face", faced["rows"], work, weights="random", seed=seed, device="cpu", loaders=0)
+        runs.append(cache.load(work, "face").x)
     assert "RANDOM BACKBONE WEIGHTS for face (MiniXception)" in cache.random_weights_banner(work, ["face"])
-    again = face_zoo.NETWORK.forward(face_zoo.face.network.build().eval(), torch.zeros(1, 1, 64, 64))
-    assert again.shape == (1, 135)
-    np.testing.assert_allclose(first[0, :, :7].sum(axis=1)[:1], 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[2])
+    np.testing.assert_allclose(runs[0][0, :, :7].sum(axis=1), 1.0, rtol=1e-5)   # still probabilities
 
 
 def test_prepare_takes_the_frames_with_a_face():
@@ -120,3 +122,29 @@ def test_expressions_exit_codes(faced, tmp_path, capsys):
     assert expressions.main(["--manifest", str(manifest), *base[:4], "--weights", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "make weights NAMES=face" in err[0]
+
+
+def test_dask_gives_the_local_cache(faced, tmp_path):
+    """The face modality on a local Dask cluster: the same rows and missing reasons as in this process."""
+    import os
+
+    from tests.cli import cli_env
+
+    local = _own_copy(faced, tmp_path / "local")
+    extract_features("face", faced["rows"], local, weights=faced["weights"], device="cpu", loaders=0)
+    remote = _own_copy(faced, tmp_path / "dask")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = cli_env()["PYTHONPATH"]      # the workers import this checkout
+    try:
+        s = extract_features("face", faced["rows"], remote, weights=faced["weights"], device="cpu",
+                             backend="dask", jobs=1, task_videos=1)
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+    assert (s["done"], s["missing"], s["failed"]) == (1, 1, 0)
+    a, b = cache.load(local, "face"), cache.load(remote, "face")
+    assert a.ids == b.ids and a.lengths.tolist() == b.lengths.tolist()
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-5)
+    assert cache.missing(remote, "face") == {"empty": "no face"}
