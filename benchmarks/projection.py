@@ -1,6 +1,7 @@
 """DMVER's extraction cost projected from measured per-video rates.
 
     python -m benchmarks.projection [--bench work/bench-features/bench_features.json]
+                                  [--faces work/bench-faces/bench_faces.json]
                                   [--gpu work/gpu-check/report.json] [--cores 16]
 
 What it reads, all measured by commands of this repository:
@@ -8,6 +9,9 @@ What it reads, all measured by commands of this repository:
 * `make bench-features` (`benchmarks.features`): seconds per video of each stage and backbone on this
   machine at the default geometry, stages with all cores busy, backbones in one process using
   all cores; the text modality per caption;
+* `make bench-faces` (`benchmarks.faces`), when its output exists: the faces stage, the face
+  (expression) features and eGeMAPS on a DMVER-like 15-s video, on one core; this machine with
+  all its cores does them at that rate divided by its cores (wall seconds on the pinned core);
 * `make gpu-check` (`benchmarks.gpu_check`), when its report exists and ran on CUDA: the stages'
   and backbones' seconds per video end to end on the GPU machine.
 
@@ -49,6 +53,12 @@ def mean_duration(manifest: Path) -> float:
         paths = [manifest.parent / row["path"] for row in csv.DictReader(f)]
     durations = [media.probe(p).duration for p in paths]
     return sum(d for d in durations if d) / max(1, sum(1 for d in durations if d))
+
+
+def face_rows(faces: dict, cores: int) -> list[dict]:
+    """bench-faces' one-core seconds as bench-features rows: per video with all `cores` cores busy."""
+    parts = (("stage", "faces", "faces_stage"), ("features", "face", "expression"), ("features", "egemaps", "egemaps"))
+    return [{"kind": kind, "step": step, "seconds_per_video": faces[key]["wall"] / cores} for kind, step, key in parts]
 
 
 def _videos(step: str, kind: str) -> int:
@@ -101,6 +111,7 @@ def markdown(p: dict) -> str:
 def main(argv=None) -> int:
     parser = cli.parser("python -m benchmarks.projection", __doc__.split("\n\n")[0])
     parser.add_argument("--bench", default="work/bench-features/bench_features.json", help="make bench-features' output")
+    parser.add_argument("--faces", default="work/bench-faces/bench_faces.json", help="make bench-faces' output (if any)")
     parser.add_argument("--gpu", default="work/gpu-check/report.json", help="make gpu-check's report (if any)")
     parser.add_argument("--cores", type=int, default=16)
     args = parser.parse_args(argv)
@@ -108,18 +119,35 @@ def main(argv=None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    bench_file = Path(args.bench)
+    bench_file, faces_file = Path(args.bench), Path(args.faces)
     if not bench_file.is_file():
+        if faces_file.is_file():
+            return _faces_only(json.loads(faces_file.read_text()), args.cores)
         raise cli.UserError(f"{bench_file} is missing: run `make bench-features` first")
     bench = json.loads(bench_file.read_text())
     gpu_file = Path(args.gpu)
     gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else None
     seconds = mean_duration(bench_file.parent / "manifest.csv")
+    if faces_file.is_file():
+        bench = {**bench, "rows": bench["rows"] + face_rows(json.loads(faces_file.read_text()), int(bench["cpus"]))}
     p = project(bench, seconds, args.cores, gpu)
     print(f"DMVER: {DMVER_VIDEOS:,} videos of about {DMVER_SECONDS:.0f} s ({DMVER_CAPTIONED:,} with a caption); "
           f"rates of make bench-features ({p['bench_date']}, load average {p['bench_load'][0]:.1f}), "
           f"audio scaled x{p['duration_scale']:.2f} from the benchmark videos' mean {seconds:.1f} s"
+          + ("" if faces_file.is_file() else "; no make bench-faces output: faces, face and egemaps left out")
           + ("" if gpu else "; no GPU report (make gpu-check): GPU not measured"))
+    print(markdown(p), end="")
+    return 0
+
+
+def _faces_only(faces: dict, cores: int) -> int:
+    """The projection of the faces stage, face and egemaps alone (no make bench-features output)."""
+    here = int(faces["cpus"])
+    p = project({"cpus": here, "date": faces["date"], "load_average": faces["load_average"],
+                 "rows": face_rows(faces, here)}, DMVER_SECONDS, cores)
+    print(f"DMVER: {DMVER_VIDEOS:,} videos of about {DMVER_SECONDS:.0f} s; faces stage, face and egemaps only "
+          f"(no make bench-features output), rates of make bench-faces ({p['bench_date']}, load average "
+          f"{p['bench_load'][0]:.1f}) on one core of {here}")
     print(markdown(p), end="")
     return 0
 

@@ -10,11 +10,11 @@ is found and followed by `extract.facetrack` (a full search every `--every`-th f
 tracking between).
 
 Each output holds `jpeg` + `offsets` (the crops of the frames with a face, JPEG-encoded as the
-frames stage stores frames: 79 crops of 112 px take about 0.3 MB instead of 3 MB raw; a frame
-without a face has an empty entry), `boxes` float32 [T, 4] (x0, y0, x1, y1 in the source's
-displayed pixels; NaN without a face), `scores` float32 [T] (MTCNN's face probability, 0
-without a face), `found` bool [T], and `meta` (JSON: picks, the searched frame size, how many
-frames got the full search, the source's size and provenance).
+frames stage stores frames, an empty entry for a frame without a face: 79 crops of 112 px took
+0.39 MB instead of 3.0 MB raw in `make bench-faces`), `boxes` float32 [T, 4] (x0, y0, x1, y1
+in the source's displayed pixels; NaN without a face), `scores` float32 [T] (MTCNN's face
+probability, 0 without a face), `found` bool [T], `crop_size`, and `meta` (JSON: picks, the
+searched frame size, how many frames got the full search, the source's size and provenance).
 
     track = load(work, video_id)   # FaceTrack(crops uint8 [T, S, S, 3] RGB, boxes, scores, found)
 

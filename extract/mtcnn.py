@@ -48,7 +48,6 @@ SUBFOLDER = "mtcnn"                 # weights/mtcnn/{pnet,rnet,onet}.pt
 MIN_FACE = 20                       # smallest face searched, pixels
 SCALE_STEP = 0.709                  # pyramid factor (area halves every two levels)
 THRESHOLDS = (0.6, 0.7, 0.7)        # P-, R-, O-Net face probability thresholds
-MARGIN = 0.15                       # crop margin, as a fraction of the box side, each side
 
 
 class FaceWeightsError(Exception):

@@ -30,6 +30,19 @@ def test_projection_scales_audio_by_length_cores_by_rate_and_counts_captions():
     assert p["total_gpu"] is None and "not measured" in projection.markdown(p)
 
 
+def test_projection_counts_faces_face_and_egemaps_from_one_core_rates():
+    faces = {"faces_stage": {"wall": 1.2, "cpu": 1.0}, "expression": {"wall": 0.1, "cpu": 0.1},
+             "egemaps": {"wall": 1.6, "cpu": 1.5}}
+    rows = projection.face_rows(faces, cores=2)
+    assert [(r["kind"], r["step"]) for r in rows] == [("stage", "faces"), ("features", "face"), ("features", "egemaps")]
+    p = projection.project({**BENCH, "rows": BENCH["rows"] + rows}, bench_seconds=5.0, cores=16)
+    by = {(r["kind"], r["step"]): r for r in p["rows"]}
+    n = projection.DMVER_VIDEOS
+    assert by["stage", "faces"]["hours_here"] == pytest.approx(1.2 / 2 * n / 3600)    # 2 cores share the videos
+    assert by["features", "egemaps"]["seconds_per_video"] == pytest.approx(0.8)       # already 15-s audio: not scaled
+    assert "| faces stage |" in projection.markdown(p) and "| egemaps features |" in projection.markdown(p)
+
+
 def test_projection_takes_the_gpu_column_from_a_cuda_report_only():
     gpu = {"device": "cuda", "environment": {"gpu": "H100"}, "stages": {"rows": [
         {"step": "flow stage (torch TV-L1)", "seconds_per_video": 0.2},

@@ -103,7 +103,7 @@ def test_an_address_that_is_not_a_scheduler_fails_quickly(sample, tmp_path, repl
 
 # ----------------------------------------------------------------------------- one command: dmver
 
-STEPS = ["manifest", "frames", "flow", "audio", "features", "weights", "list", "train", "fuse", "table",
+STEPS = ["manifest", "frames", "flow", "audio", "faces", "features", "weights", "list", "train", "fuse", "table",
          "report", "export", "predict"]
 
 
