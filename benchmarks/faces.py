@@ -250,7 +250,8 @@ def _run(core: int, out: Path, weights: str, seconds: float, width: int, height:
 
 def report(r: dict) -> str:
     lines = [f"one core (#{r['core']}), load average {r['load_average'][0]:.1f}; "
-             f"{r['video']['width']}x{r['video']['height']}, {r['video']['seconds']:g} s, {r['video']['num_frames']} frames",
+             f"{r['video']['width']}x{r['video']['height']}, {r['video']['seconds']:g} s, "
+             f"{r['video']['num_frames']} frames",
              f"{'part':<28}{'wall s':>8}{'CPU s':>8}"]
     for key, name in (("faces_stage", "faces stage"), ("expression", "expression network"),
                       ("faces_plus_expression", "faces + expression"), ("egemaps", "eGeMAPS"),
@@ -266,9 +267,11 @@ def report(r: dict) -> str:
                  f"{stage['decode_cpu']:.2f} s CPU")
     for key, name in (("old_path_searched_size", "searched size"), ("old_path", "full size")):
         if key in r:
-            lines.append(f"old path ({name}) / faces stage: x{r[key]['ratio_wall']:.1f} wall, x{r[key]['ratio_cpu']:.1f} CPU")
+            lines.append(f"old path ({name}) / faces stage: x{r[key]['ratio_wall']:.1f} wall, "
+                         f"x{r[key]['ratio_cpu']:.1f} CPU")
     for name, rec in r["recall"].items():
-        lines.append(f"recall {name} ({rec['frames']} frames): stage {rec['stage']:.3f}, full search {rec['full_search']:.3f}")
+        lines.append(f"recall {name} ({rec['frames']} frames): stage {rec['stage']:.3f}, "
+                     f"full search {rec['full_search']:.3f}")
     return "\n".join(lines)
 
 

@@ -67,7 +67,8 @@ class FaceSettings:
         if self.num_frames < 1 or self.every < 1:
             raise ValueError(f"num_frames and every must be >= 1, got {self.num_frames} and {self.every}")
         if self.detect_size < 48 or self.crop_size < 16:
-            raise ValueError(f"detect_size must be >= 48 and crop_size >= 16, got {self.detect_size} and {self.crop_size}")
+            raise ValueError(f"detect_size must be >= 48 and crop_size >= 16, "
+                             f"got {self.detect_size} and {self.crop_size}")
         if not 0 <= self.min_face < 1 or not 0 <= self.margin <= 1:
             raise ValueError(f"min_face must be in [0, 1) and margin in [0, 1], got {self.min_face} and {self.margin}")
 

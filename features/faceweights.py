@@ -51,7 +51,7 @@ def _net_summary(name: str):
 
 MTCNN_FILES = tuple(
     WeightFile(f"{mtcnn.SUBFOLDER}/{name}", mtcnn.WHEEL_URL,
-               f"MTCNN {cls.__name__} (facenet-pytorch {mtcnn.WHEEL_REQUIREMENT.split('==')[1]} wheel), the faces stage's detector",
+               f"MTCNN {cls.__name__} ({mtcnn.WHEEL_REQUIREMENT} wheel), the faces stage's detector",
                _mtcnn_loader(cls), _net_summary(cls.__name__), ALIASES + ("mtcnn",),
                sha256_prefix=mtcnn.SHA256[name], fetch=_fetch_mtcnn)
     for name, cls in mtcnn.NETS)

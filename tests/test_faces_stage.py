@@ -153,8 +153,7 @@ def test_the_picks_are_the_frames_stages(run, tmp_path):
 
     frames.STAGE.process(read_manifest(run["manifest"])[0], tmp_path / "f.npz",
                          frames.FrameSettings(num_frames=T, size=32))
-    import numpy as _np
-    with _np.load(tmp_path / "f.npz") as z:
+    with np.load(tmp_path / "f.npz") as z:
         assert json.loads(str(z["meta"]))["picks"] == faces.meta(run["work"], "face")["picks"]
 
 

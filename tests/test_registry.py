@@ -166,7 +166,7 @@ def test_every_example_input_is_what_its_network_accepts(name):
 
 def test_every_checkpoint_comes_from_the_registry():
     declared = [f.name for m in modalities.all_modalities() for f in m.network.files()]
-    declared += [f.name for f in modalities.stage_files()]      # the faces stage's detector, after the networks'
+    declared += [f.name for f in modalities.stage_files()]           # the faces stage's detector (and face files)
     assert list(weights.URLS) == list(dict.fromkeys(declared))
     assert modalities.get("text").network.files() == ()  # its weights ship in a package: nothing to fetch
     with pytest.raises(ValueError, match="unknown weight file"):

@@ -58,7 +58,8 @@ def test_the_hook_fetches_and_the_file_is_checked(tmp_path, monkeypatch):
 
     _hooked(monkeypatch, fetch)
     logged = []
-    assert fetch_weights(tmp_path, ["hooked"], progress=False, log=logged.append) == {"hooked.pt": tmp_path / "hooked.pt"}
+    done = fetch_weights(tmp_path, ["hooked"], progress=False, log=logged.append)
+    assert done == {"hooked.pt": tmp_path / "hooked.pt"}
     assert calls == [tmp_path / "hooked.pt"] and logged[-1].startswith("hooked.pt: saved to")
     fetch_weights(tmp_path, ["hooked"], progress=False, log=logged.append)
     assert len(calls) == 1 and "present and valid" in logged[-1]
