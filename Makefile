@@ -16,6 +16,7 @@
 #   CV        evaluation protocol of `make table` / `make bench-classify`: empty = the manifest's fixed split,
 #             K = group-aware K-fold cross-validation, groups = leave-one-group-out (see classify/protocol.py)
 #   HEAD, RULE, METRIC, EXTRA_ROWS, OUT  `make table`'s --head, --rule, --metric, --extra-rows, --out
+#   JOINT     `make table`'s --joint: the joint heads' rows (empty = early,tfn,xattn; JOINT=none: no such rows)
 #             (empty = the command's default; the table goes to WORK/table/<protocol>-<head>/ unless OUT says)
 #   TABLE     the table folder `make report` shows (default: the one written last under WORK/table/)
 #   FEATURE_ARGS  extra options of the feature stage, e.g. "--text-model DIR" or "--pca"
@@ -58,11 +59,12 @@ HEAD         ?=
 RULE         ?=
 METRIC       ?=
 EXTRA_ROWS   ?=
+JOINT        ?=
 OUT          ?=
 TABLE        ?=
 TABLE_ARGS   := $(if $(strip $(HEAD)),--head $(strip $(HEAD))) $(if $(strip $(RULE)),--rule $(strip $(RULE))) \
                 $(if $(strip $(METRIC)),--metric $(strip $(METRIC))) $(if $(strip $(EXTRA_ROWS)),--extra-rows "$(strip $(EXTRA_ROWS))") \
-                $(if $(strip $(OUT)),--out $(strip $(OUT)))
+                $(if $(strip $(JOINT)),--joint $(strip $(JOINT))) $(if $(strip $(OUT)),--out $(strip $(OUT)))
 
 # The demo runs the whole pipeline on the sample at a smaller geometry so it ends in minutes.
 DEMO_WORK    ?= work/demo
@@ -140,14 +142,15 @@ features: $(STAMP)
 weights: $(STAMP)
 	$(PY) -m features.weights --out $(WEIGHTS) $(if $(NAMES),--only $(NAMES))
 
-# fuse: late fusion of MODALITIES (default rgb,flow,audio; "rgb flow text" or "rgb,flow,text").
+# fuse: fusion of MODALITIES (default rgb,flow,audio; "rgb flow text" or "rgb,flow,text"); RULE=stack,
+# or RULE=early|tfn|xattn for one joint head on all of them.
 fuse: $(STAMP)
-	$(PY) -m classify.fuse --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) $(CV_ARGS)
+	$(PY) -m classify.fuse --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) $(CV_ARGS) $(if $(strip $(RULE)),--rule $(strip $(RULE)))
 
 # export: MODALITIES' heads and fusion as a bundle in OUT (for make predict MODEL=OUT).
 export: $(STAMP)
 	@test -n "$(OUT)" || { echo "make export needs OUT=<bundle folder to write> (and MODALITIES=rgb,flow,audio)"; exit 2; }
-	$(PY) -m classify.export --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) --out $(OUT)
+	$(PY) -m classify.export --modalities $(or $(MODALITY_LIST),rgb$(COMMA)flow$(COMMA)audio) --manifest $(MANIFEST) --work $(WORK) --out $(OUT) $(if $(strip $(RULE)),--rule $(strip $(RULE)))
 
 table: $(STAMP)
 	$(PY) -m classify.table --manifest $(MANIFEST) --work $(WORK) --seeds $(SEEDS) --dataset $(DATASET) --jobs $(JOBS) $(CV_ARGS) $(TABLE_ARGS)

@@ -2,7 +2,8 @@
 
 A bundle is a file people pass around, so reading one must not run code from it: nothing in it is
 a pickle. Heads and the fusion are stored as a JSON description (`heads.head_state`,
-`fuse.Fusion.state`) plus an `.npz` of plain numeric arrays read with `allow_pickle=False`.
+`fuse.Fusion.state`) plus an `.npz` of plain numeric arrays read with `allow_pickle=False`; a
+joint rule's single head likewise (`joint_state.joint_state`: its network's tensors by name).
 
     bundle.json      format, settings, class names, heads and fusion descriptions, and `files`:
                      every other file of the bundle with its SHA-256
@@ -92,6 +93,7 @@ class Loaded:
     bundle: dict
     heads: dict
     fusion: object
+    joint: object = None  # a joint rule's one head (`classify.joint`), in place of heads and fusion
 
 
 def _read_json(folder: Path) -> dict:
@@ -152,11 +154,14 @@ def load(folder) -> Loaded:
     folder = Path(folder)
     bundle = _read_json(folder)
     path = folder / BUNDLE_FILE
-    missing = [k for k in ("class_names", "modalities", "features", "stages", "fusion") if k not in bundle]
+    combined = "joint" if "joint" in bundle else "fusion"
+    missing = [k for k in ("class_names", "modalities", "features", "stages", combined) if k not in bundle]
     if missing:
         raise BundleError(f"{path}: missing {', '.join(missing)}")
     _check_files(folder, bundle)
     k = len(bundle["class_names"])
+    if combined == "joint":
+        return Loaded(folder, bundle, {}, None, _joint_head(folder, bundle, k))
     heads = {}
     for m in bundle["modalities"]:
         entry = bundle["features"].get(m)
@@ -179,3 +184,24 @@ def load(folder) -> Loaded:
         raise BundleError(f"{path}: the fusion is for {fusion.modalities} with {fusion.n_classes} classes, "
                           f"the bundle lists {bundle['modalities']} with {k}")
     return Loaded(folder, bundle, heads, fusion)
+
+
+def _joint_head(folder: Path, bundle: dict, k: int):
+    """A joint rule's head, rebuilt strictly from its description and arrays (`classify.joint_state`)."""
+    from classify.joint_state import joint_from_state
+
+    path, desc = folder / BUNDLE_FILE, bundle["joint"]
+    if not isinstance(desc, dict):
+        raise BundleError(f"{path}: 'joint' is not a description of a joint head")
+    for m in bundle["modalities"]:
+        if not isinstance(bundle["features"].get(m), dict) or "cache" not in bundle["features"][m]:
+            raise BundleError(f"{path}: no cache settings for modality {m!r}")
+    arrays = _arrays(folder, bundle, desc.get("file"), "joint head")
+    try:
+        head = joint_from_state(desc, arrays)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"{folder / desc['file']}: the joint head cannot be rebuilt ({exc})") from None
+    if head.n_classes_ != k or head.modalities_ != list(bundle["modalities"]):
+        raise BundleError(f"{path}: the joint head is for {head.modalities_} with {head.n_classes_} classes, "
+                          f"the bundle lists {bundle['modalities']} with {k}")
+    return head

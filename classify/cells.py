@@ -3,7 +3,9 @@
 `build_table` returns the whole table as a JSON-ready dict (fractions). Every cell is the test
 accuracy, balanced accuracy and macro-F1 as mean ± std over seeds (with `--cv K|groups`, over
 folds × seeds: `classify.protocol`); seed S of a joint cell fuses the single runs of seed S
-(`classify.fuse`) on the same fold. Each cell also gets a 95 % interval of its accuracy (`ci95`,
+(`classify.fuse`) on the same fold; a joint head's row (`Row.rule` early, tfn or xattn) trains
+one head per seed on all its modalities instead (`classify.joint_run`, the caches loaded once for
+all such rows). Each cell also gets a 95 % interval of its accuracy (`ci95`,
 Clopper-Pearson exact binomial, valid on any test size) and bootstrap intervals over the test
 videos for the other metrics (`ci95_by_metric`), and each joint cell a paired test against the best single modality it fuses
 (`p_joint_vs_best_single`; `classify.stats`). Single modalities are trained one modality at a
@@ -21,6 +23,8 @@ import numpy as np
 from classify import protocol, published, stats
 from classify.data import FeatureStore, Labels
 from classify.fuse import fuse
+from classify.joint import JOINT_RULES
+from classify.joint_run import JointData, joint_runs
 from classify.metrics import METRICS, confusion_matrix, metric_from_confusion
 from classify.rows import SEED_ROWS, Row, describe_rows, modalities_of, singles
 from classify.train import train_runs
@@ -95,8 +99,9 @@ def _predictions(proba_ids, proba) -> tuple[list[str], np.ndarray]:
 
 
 def _cell(row: Row, column: str, modalities: tuple, head: str, rule: str, seeds: list[int], trained: dict,
-          work, folds: list[Labels], store: FeatureStore) -> dict:
+          work, folds: list[Labels], store: FeatureStore, joint_data: dict | None = None) -> dict:
     h = row.head or head
+    rule = row.rule or rule
     cell = {"row": row.name, "column": column, "modalities": list(modalities), "head": h,
             "kind": "joint" if len(modalities) > 1 else "single", "status": "ok", "note": None,
             "in_published_table": row.published}
@@ -112,7 +117,11 @@ def _cell(row: Row, column: str, modalities: tuple, head: str, rule: str, seeds:
         scored = [[_predictions(r.test_ids, r.test_proba) for r in per_seed] for per_seed in grid]
     else:
         try:
-            grid = [[fuse(work, fold, list(modalities), h, rule, seed, store) for seed in seeds] for fold in folds]
+            if rule in JOINT_RULES:  # one head on all the modalities: its caches loaded once for every joint row
+                data = (joint_data or {}).get(tuple(modalities))
+                grid = joint_runs(work, folds, list(modalities), rule, seeds, data=data)
+            else:
+                grid = [[fuse(work, fold, list(modalities), h, rule, seed, store) for seed in seeds] for fold in folds]
         except (cache.CacheError, ValueError) as exc:
             cell.update(status="n/a", note=f"fusion failed: {exc}")
             return cell
@@ -120,7 +129,7 @@ def _cell(row: Row, column: str, modalities: tuple, head: str, rule: str, seeds:
         scored = [[_predictions(f.test_ids, f.test_proba) for f in per_seed] for per_seed in grid]
     joint = [m for per_fold in metrics for m in per_fold]
     paths = [str(r.path) for per_fold in grid for r in per_fold]
-    if cell["kind"] == "joint":
+    if cell["kind"] == "joint" and rule not in JOINT_RULES:
         cell["weights"] = {m: float(np.mean([j["weights"][m] for j in joint])) for m in modalities}
     if any(j["accuracy"] is None for j in joint):
         cell.update(status="n/a", note="no test video has " + "+".join(modalities) + " features")
@@ -215,9 +224,10 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
         log.warning("%s", mismatch)
         numbers = None
     cells = []
+    joint_data = _joint_data(work, folds, seeds, rows)
     for row in rows:
         for column, modalities in row.cells.items():
-            cell = _cell(row, column, modalities, head, rule, seeds, trained, work, folds, store)
+            cell = _cell(row, column, modalities, head, rule, seeds, trained, work, folds, store, joint_data)
             if numbers is not None and row.published:
                 cell["published_accuracy_percent"] = numbers.get(row.name, {}).get(column)
             cells.append(cell)
@@ -264,6 +274,23 @@ def build_table(work, labels: Labels, seeds: list[int], head: str = "lstm", rule
         "cells": cells,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _joint_data(work, folds, seeds, rows) -> dict:
+    """The loaded caches of the joint rows' modalities, once for all their rules, when some run of
+    theirs has to be trained (none when every run is reused, or a cache is missing: the cell says so)."""
+    from classify.joint_run import pending
+
+    out = {}
+    for row in rows:
+        if row.rule in JOINT_RULES:
+            for mods in row.cells.values():
+                if tuple(mods) not in out and pending(work, folds, list(mods), row.rule, seeds):
+                    try:
+                        out[tuple(mods)] = JointData(work, list(mods))
+                    except (cache.CacheError, ValueError):
+                        pass
+    return out
 
 
 def held_out_groups(folds: list[Labels]) -> list[str]:

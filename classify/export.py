@@ -14,6 +14,10 @@ Trains (or reuses) the runs and the fusion exactly as `classify.fuse` does, then
     MODEL_DIR/bundle.sha256      the SHA-256 of bundle.json
     MODEL_DIR/heads/<m>.npz      each modality's trained head as plain arrays (no pickle)
     MODEL_DIR/fusion.npz         the stacking regression's coefficients (empty for other rules)
+    MODEL_DIR/joint.npz          instead of heads/ and fusion.npz, for a joint rule (--rule early|tfn|xattn):
+                                 the joint head's network tensors and standardisation statistics;
+                                 bundle.json's `joint` describes it (class, hyper-parameters, modalities,
+                                 dimensions; `classify.joint_state`)
     MODEL_DIR/card.md, card.json the model card: training manifest digest, protocol, validation and
                                  test metrics per modality and fused, the random-weights warning
 
@@ -31,10 +35,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from classify import bundle as bundle_files
 from classify import stats
 from classify.data import SPLITS, Labels
-from classify.fuse import RULES, fuse
+from classify.fuse import ALL_RULES, fuse
+from classify.joint import JOINT_RULES
 from classify.heads import HEADS, head_state
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
 from classify.train import run_path
@@ -67,7 +74,8 @@ def stage_settings(work, names) -> dict:
 def _card_markdown(card: dict) -> str:
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.2f} %"
-    lines = [f"# Model card: {'+'.join(card['modalities'])} ({card['head']} heads, {card['rule']} fusion)", ""]
+    how = f"{card['rule']} joint head" if card.get("joint_params") else f"{card['head']} heads, {card['rule']} fusion"
+    lines = [f"# Model card: {'+'.join(card['modalities'])} ({how})", ""]
     if card["random_weights"]:
         lines += [f"**{card['random_weights']}**", ""]
     if card.get("small_test_warning"):
@@ -80,8 +88,13 @@ def _card_markdown(card: dict) -> str:
               "", "| model | val accuracy | test accuracy | test macro-F1 | test videos |", "|---|---|---|---|---|"]
     for name, m in card["metrics"].items():
         lines.append(f"| {name} | {pct(m['val_accuracy'])} | {pct(m['accuracy'])} | {pct(m['macro_f1'])} | {m['n']} |")
-    weights = ", ".join(f"{m} {w:.2f}" for m, w in card["fusion_weights"].items())
-    lines += ["", f"Fusion weights ({card['rule']}, chosen on the validation split): {weights}.", ""]
+    if card.get("joint_params"):
+        params = ", ".join(f"{k} {v}" for k, v in card["joint_params"].items())
+        lines += ["", f"Joint head ({card['rule']}: one classifier on all the modalities, early-stopped on the "
+                      f"validation split; a modality's row is the same head given only that modality): {params}.", ""]
+    else:
+        weights = ", ".join(f"{m} {w:.2f}" for m, w in card["fusion_weights"].items())
+        lines += ["", f"Fusion weights ({card['rule']}, chosen on the validation split): {weights}.", ""]
     return "\n".join(lines)
 
 
@@ -98,21 +111,32 @@ def export(work, manifest, modalities: list[str], out, head: str = "lstm", rule:
     caches = {m: cache.attributes(work, m) for m in modalities}
     stages = list(dict.fromkeys(s for m in modalities for s in registry.get(m).source.stages))
     files, features = {}, {}
-    for m in modalities:
-        desc, arrays = head_state(joblib.load(run_path(work, m, head, seed) / "model.joblib"))
-        files[f"heads/{m}.npz"] = bundle_files.npz_bytes(arrays)
-        features[m] = {"head_file": f"heads/{m}.npz", "head": desc, "cache": caches[m]}
-    fusion_desc, fusion_arrays = joblib.load(result.path / "fusion.joblib").state()
-    files["fusion.npz"] = bundle_files.npz_bytes(fusion_arrays)
+    joint = fused["joint"]
+    if rule in JOINT_RULES:  # one head on all the modalities: its network as arrays, its description as JSON
+        head = None
+        desc = read_json(result.path / "joint.json")
+        with np.load(result.path / "joint.npz", allow_pickle=False) as z:
+            files["joint.npz"] = bundle_files.npz_bytes({k: z[k] for k in z.files})
+        features = {m: {"cache": caches[m]} for m in modalities}
+        combined = {"joint": {**desc, "file": "joint.npz"}}
+        # each modality's row: the joint head given only that modality (no validation score of its own)
+        metrics = {m: {"val_accuracy": None, **pm} for m, pm in fused["per_modality"].items()}
+    else:
+        for m in modalities:
+            desc, arrays = head_state(joblib.load(run_path(work, m, head, seed) / "model.joblib"))
+            files[f"heads/{m}.npz"] = bundle_files.npz_bytes(arrays)
+            features[m] = {"head_file": f"heads/{m}.npz", "head": desc, "cache": caches[m]}
+        fusion_desc, fusion_arrays = joblib.load(result.path / "fusion.joblib").state()
+        files["fusion.npz"] = bundle_files.npz_bytes(fusion_arrays)
+        combined = {"fusion": {**fusion_desc, "file": "fusion.npz"}}
+        runs = {m: read_json(run_path(work, m, head, seed) / "metrics.json") for m in modalities}
+        metrics = {m: {"val_accuracy": r["val"]["accuracy"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                       "n": r["n"]} for m, r in runs.items()}
     bundle = {
         "format": BUNDLE_FORMAT, "package_version": package_version(), "class_names": labels.class_names,
         "head": head, "rule": rule, "seed": seed, "modalities": list(modalities), "features": features,
-        "stages": stage_settings(work, stages), "fusion": {**fusion_desc, "file": "fusion.npz"},
+        "stages": stage_settings(work, stages), **combined,
     }
-    runs = {m: read_json(run_path(work, m, head, seed) / "metrics.json") for m in modalities}
-    metrics = {m: {"val_accuracy": r["val"]["accuracy"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
-                   "n": r["n"]} for m, r in runs.items()}
-    joint = fused["joint"]
     metrics["fused"] = {"val_accuracy": joint["val_accuracy"], "accuracy": joint["accuracy"],
                         "macro_f1": joint["macro_f1"], "n": joint["n"]}
     card = {
@@ -121,7 +145,8 @@ def export(work, manifest, modalities: list[str], out, head: str = "lstm", rule:
         "videos": {s: len(labels.ids(s)) for s in SPLITS},
         "protocol": "the manifest's fixed train/val/test split; heads early-stopped and fusion chosen on val, "
                     "test only scored",
-        "metrics": metrics, "fusion_weights": joint["weights"], "package_version": package_version(),
+        "metrics": metrics, "fusion_weights": joint.get("weights", {}), "package_version": package_version(),
+        "joint_params": joint.get("params"), "test_missing": fused.get("test_missing"),
         "random_weights": cache.random_weights_banner(work, modalities),
         "small_test_warning": stats.small_test_warning(len(labels.ids("test"))),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -142,7 +167,8 @@ def parser():
     p.add_argument("--force", action="store_true", help="replace a non-empty --out that is not a bundle "
                                                         "(never a work folder's data)")
     p.add_argument("--head", default="lstm", choices=HEADS)
-    p.add_argument("--rule", default="weighted", choices=RULES)
+    p.add_argument("--rule", default="weighted", choices=ALL_RULES,
+                   help="late rules mean, weighted (default), stack; joint heads early, tfn, xattn")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -150,7 +176,8 @@ def parser():
 def _main(args) -> int:
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     out = export(args.work, args.manifest, modalities, args.out, args.head, args.rule, args.seed, args.force)
-    print(f"wrote the model bundle {out} ({', '.join(modalities)}; {args.head} heads, {args.rule} fusion); "
+    how = f"{args.rule} joint head" if args.rule in JOINT_RULES else f"{args.head} heads, {args.rule} fusion"
+    print(f"wrote the model bundle {out} ({', '.join(modalities)}; {how}); "
           f"card: {out / 'card.md'}")
     return cli.EXIT_OK
 

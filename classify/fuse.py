@@ -1,7 +1,13 @@
-"""Late fusion of per-modality class probabilities.
+"""Late fusion of per-modality class probabilities (and the entry to the joint heads).
 
     python -m classify.fuse --modalities rgb,flow,audio [--head lstm] [--rule weighted] [--seed 0]
                             [--work work/sample] [--manifest data/sample/manifest.csv] [--cv fixed|K|groups]
+                            [--set NAME=VALUE ...]
+
+`--rule early|tfn|xattn` trains one joint head on all the modalities' cached features instead
+(`classify.joint_run`: same outputs, the head as joint.json + joint.npz, `--set` overriding its
+hyper-parameters, the test videos' missing modalities printed); everything below is about the
+late rules.
 
 Uses the runs `W/runs/<modality>-<head>-seed<S>/` (training any that is missing first, so it
 works straight after `make features`) and combines their probabilities video by video:
@@ -49,6 +55,7 @@ import numpy as np
 from classify import protocol
 from classify.data import FeatureStore, Labels
 from classify.heads import HEADS
+from classify.joint import JOINT_RULES, make_joint
 from classify.metrics import classification_metrics
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, write_json
 from classify.train import RunResult, percent, train_run
@@ -58,6 +65,7 @@ from extract.layout import as_work
 from features import cache
 
 RULES = ("mean", "weighted", "stack")
+ALL_RULES = RULES + JOINT_RULES
 EPS = 1e-6
 
 
@@ -270,10 +278,16 @@ def fuse_name(modalities, head: str = "lstm", rule: str = "weighted", seed: int 
 
 
 def fuse(work, labels: Labels | str, modalities: list[str], head: str = "lstm", rule: str = "weighted",
-         seed: int = 0, store: FeatureStore | None = None) -> FuseResult:
-    """Train (or reuse) each modality's run, fuse them, write the fusion folder."""
+         seed: int = 0, store: FeatureStore | None = None, params: dict | None = None) -> FuseResult:
+    """Train (or reuse) each modality's run, fuse them, write the fusion folder. A joint rule
+    (`JOINT_RULES`) trains one head on all the modalities instead (`classify.joint_run`; `head`
+    is then unused and `params` overrides its hyper-parameters)."""
     if not isinstance(labels, Labels):
         labels = Labels.from_manifest(labels)
+    if rule in JOINT_RULES:
+        from classify.joint_run import run_joint
+
+        return run_joint(work, labels, list(modalities), rule, seed, params)
     if len(set(modalities)) != len(modalities) or not modalities:
         raise ValueError(f"give distinct modalities, got {modalities}")
     import joblib
@@ -298,7 +312,10 @@ def parser():
     p = cli.parser("python -m classify.fuse", __doc__.split("\n\n")[0])
     p.add_argument("--modalities", required=True, help="comma-separated, e.g. rgb,flow,audio")
     p.add_argument("--head", default="lstm", choices=HEADS)
-    p.add_argument("--rule", default="weighted", choices=RULES)
+    p.add_argument("--rule", default="weighted", choices=ALL_RULES,
+                   help="late rules mean, weighted (default), stack; joint heads early, tfn, xattn")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a joint head's hyper-parameter (repeatable), e.g. --set hidden=64 --set max_epochs=20")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=DEFAULT_WORK)
     p.add_argument("--manifest", default=DEFAULT_MANIFEST)
@@ -307,25 +324,61 @@ def parser():
     return p
 
 
+def parse_params(pairs: list[str]) -> dict:
+    """`--set NAME=VALUE` pairs as a dict; VALUE read as JSON when it is (64, 0.1, null, true), else a string."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise cli.UserError(f"--set {pair!r}: write NAME=VALUE, e.g. --set hidden=64")
+        try:
+            out[name.strip()] = json.loads(value)
+        except ValueError:
+            out[name.strip()] = value
+    return out
+
+
 def _main(args) -> int:
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     cv = protocol.parse_cv(args.cv)
+    joint_rule = args.rule in JOINT_RULES
+    params = parse_params(args.set)
+    if params and not joint_rule:
+        raise cli.UserError(f"--set applies to the joint rules ({', '.join(JOINT_RULES)}), not to {args.rule}")
     banner = cache.random_weights_banner(args.work, modalities)
     if banner:
         print(banner + "\n")
     folds = protocol.fold_labels(Labels.from_manifest(args.manifest), cv)
-    store = FeatureStore(args.work)
-    results = [fuse(args.work, fold, modalities, args.head, args.rule, args.seed, store) for fold in folds]
+    if joint_rule:
+        from classify.joint_run import joint_runs, without_line
+
+        known = make_joint(args.rule).get_params()
+        unknown = [k for k in params if k not in known or k in ("seed", "verbose")]
+        if unknown:
+            raise cli.UserError(f"--set {unknown[0]}: not a hyper-parameter of the {args.rule} head; it has "
+                                + ", ".join(k for k in known if k not in ("seed", "verbose")))
+        results = [per_fold[0] for per_fold in joint_runs(args.work, folds, modalities, args.rule, [args.seed], params)]
+    else:
+        store = FeatureStore(args.work)
+        results = [fuse(args.work, fold, modalities, args.head, args.rule, args.seed, store) for fold in folds]
     width = max(len(x) for x in modalities + ["joint"])
+    what = f"{args.rule} joint head" if joint_rule else f"{args.head} heads"
     for fold, res in zip(folds, results):
         m = res.metrics
-        print(f"test accuracy ({args.head} heads, seed {args.seed}{', fold ' + fold.tag if fold.tag else ''}):")
+        print(f"test accuracy ({what}, seed {args.seed}{', fold ' + fold.tag if fold.tag else ''}):")
         for name, pm in m["per_modality"].items():
-            print(f"  {name:<{width}}  {percent(pm['accuracy']):>8}  macro-F1 {percent(pm['macro_f1']):>8}  ({pm['n']} videos)")
+            alone = "; the joint head given only this modality" if joint_rule else ""
+            print(f"  {name:<{width}}  {percent(pm['accuracy']):>8}  macro-F1 {percent(pm['macro_f1']):>8}  "
+                  f"({pm['n']} videos{alone})")
         j = m["joint"]
-        weights = ", ".join(f"{k} {v:.2f}" for k, v in j["weights"].items())
+        how = (f"best epoch {j['best_epoch']} of {j['epochs']}, val accuracy {percent(j['val_accuracy'])}" if joint_rule
+               else ", ".join(f"{k} {v:.2f}" for k, v in j["weights"].items()))
         print(f"  {'joint':<{width}}  {percent(j['accuracy']):>8}  macro-F1 {percent(j['macro_f1']):>8}  ({j['n']} videos; "
-              f"{args.rule}: {weights})")
+              f"{args.rule}: {how})")
+        if joint_rule:
+            print(f"  {without_line(m)}")
         print(f"wrote {res.path / 'metrics.json'}")
     if len(results) > 1:
         accs = [r.metrics["joint"]["accuracy"] for r in results]

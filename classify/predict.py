@@ -15,7 +15,9 @@ then the bundle's heads and fusion, and writes `W2/predictions.csv`:
 (`missing` is free text, guarded against spreadsheet formulas as `extract.csvcells` says; ids
 and class names are keys, written as they are.)
 
-A video lacking a modality is predicted from the ones it has (the fusion renormalises over them);
+A video lacking a modality is predicted from the ones it has (the fusion renormalises over them;
+a joint rule's head puts its learned "absent" vector there, and its `<m>_` columns are that head
+given only modality m);
 one with none gets an empty prediction and its reasons. Checkpoints are checked before anything
 is embedded: a backbone whose SHA-256 differs from the bundle's, or a work folder holding
 features made with other settings, is refused (exit 2) with the difference named. The bundle is
@@ -147,6 +149,8 @@ def predict_proba(loaded: bundle_files.Loaded, videos: Sequence[Video], work: Pa
     names, k = bundle["modalities"], len(bundle["class_names"])
     P = np.full((len(names), len(ids), k), np.nan)
     reasons: dict[str, list[str]] = {vid: [] for vid in ids}
+    if loaded.joint is not None:
+        return _joint_proba(loaded.joint, names, ids, work, P, reasons)
     for j, m in enumerate(names):
         head = loaded.heads[m]
         feats = cache.load(work, m)
@@ -161,6 +165,28 @@ def predict_proba(loaded: bundle_files.Loaded, videos: Sequence[Video], work: Pa
     fused = np.full((len(ids), k), np.nan)
     if have.any():
         fused[have] = fusion.apply(P[:, have])
+    return ids, fused, P, reasons
+
+
+def _joint_proba(head, names, ids, work: Path, P: np.ndarray, reasons: dict):
+    """`predict_proba` for a joint rule's bundle: the head on every modality a video has (fused),
+    and on each modality alone (the per-modality columns); a video lacking one is predicted from
+    the others."""
+    from classify.joint import gather
+
+    X = gather({m: cache.load(work, m) for m in names}, ids)
+    for m in names:
+        for vid, reason in cache.missing(work, m).items():
+            if vid in reasons:
+                reasons[vid].append(f"{m}: {reason}")
+    fused = np.full(P.shape[1:], np.nan)
+    have = np.any([lengths > 0 for _, lengths in X.values()], axis=0)
+    if have.any():
+        fused[have] = head.predict_proba({m: (x[have], lengths[have]) for m, (x, lengths) in X.items()})
+    for j, (m, (x, lengths)) in enumerate(X.items()):
+        has = lengths > 0
+        if has.any():
+            P[j, has] = head.predict_proba({m: (x[has], lengths[has])})
     return ids, fused, P, reasons
 
 

@@ -12,6 +12,7 @@ import csv
 import io
 
 from classify import protocol, stats
+from classify.joint import JOINT_RULES
 from classify.metrics import METRICS
 from classify.published import DATASET_NAMES
 
@@ -92,6 +93,17 @@ def _protocol_lines(table: dict, fewer: str) -> list[str]:
             f"- Test videos: {table['n_test']} over the {n} folds{fewer}."]
 
 
+def _joint_rule_lines(table: dict) -> list[str]:
+    """The footer line of the joint heads' rows ("All modalities, early" ...), when there are some."""
+    rules = list(dict.fromkeys(c["rule"] for c in table["cells"] if c.get("rule") in JOINT_RULES))
+    if not rules:
+        return []
+    return [f"- Joint heads ({', '.join(rules)}): one classifier trained on all the row's modalities together "
+            "(early: pooled features concatenated into an MLP; tfn: tensor fusion; xattn: cross-modal attention; "
+            "classify.joint), on the train split, early-stopped on the validation split; a video lacking a "
+            "modality is classified from the others (learned absent vectors, modality dropout)."]
+
+
 def markdown(table: dict) -> str:
     """The table as Markdown, the random-weights banner (if any) first; rows beyond the seed's
     table follow in a table of their own, marked as not published. The headline metric (with
@@ -133,7 +145,7 @@ def markdown(table: dict) -> str:
     fewer = "".join(f"; {m} cells score {n} (videos without {m} are left out)" for n, m in counts)
     weights = []
     for c in table["cells"]:
-        if c["kind"] == "joint" and c["status"] == "ok":
+        if c["kind"] == "joint" and c["status"] == "ok" and c.get("weights"):
             weights.append(f"{c['row']} " + ", ".join(f"{m} {w:.2f}" for m, w in c["weights"].items()))
     fixed_heads = "".join(f" (the {r} row always uses {h})" for r, h in table["fixed_heads"].items())
     joints = [c for c in table["cells"] if c["kind"] == "joint" and c.get("p_by_metric")]
@@ -149,6 +161,7 @@ def markdown(table: dict) -> str:
         f"- Head: {table['head']} on frozen backbone features{fixed_heads}; fusion rule: {table['rule']} (late fusion of "
         f"the single runs' class probabilities, chosen on the validation split)"
         + (f"; mean weights: {'; '.join(weights)}." if weights else "."),
+        *_joint_rule_lines(table),
         *_protocol_lines(table, fewer),
         (f"- [low, high]: 95 % {stats.ACCURACY_INTERVAL} interval of the accuracy: the test videos right (mean "
          f"over {'the seeds' if fixed else 'the seeds, each pooling all folds'}) out of those scored; valid at any "

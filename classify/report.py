@@ -139,7 +139,7 @@ def _browser_predictions(cell: dict) -> tuple[list[str], dict, dict[str, dict]]:
     if cell["kind"] == "joint":
         singles: dict[str, list[Path]] = {}
         for run in runs:
-            for m, p in read_json(run / "settings.json")["runs"].items():
+            for m, p in read_json(run / "settings.json").get("runs", {}).items():  # a joint head has no single runs
                 singles.setdefault(m, []).append(Path(p))
         per_modality = {m: _mean_proba(paths)[1] for m, paths in singles.items()}
     else:
@@ -186,7 +186,7 @@ def page_context(work, manifest, table: dict, table_dir: Path, out: Path) -> dic
     if table.get("banner") and md.startswith(table["banner"]):
         md = md[len(table["banner"]):]
     weights = [{"name": f"{c['row']} {c['column']}", "rule": c.get("rule", ""), "weights": c["weights"]}
-               for c in table["cells"] if c["kind"] == "joint" and c["status"] == "ok"]
+               for c in table["cells"] if c["kind"] == "joint" and c["status"] == "ok" and c.get("weights")]
     figures = []
     for name, alt in (("confusion_joint.png", "confusion matrices of the joint models"),
                       ("per_class_recall.png", "per-class recall by modality")):

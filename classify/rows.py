@@ -10,7 +10,8 @@ Beyond them, in a table of their own marked as not published, `extra_rows` deriv
 modality registry one row per modality the seed rows do not use (named by its `label`, one cell
 in its `column`: Text, R(2+1)D, HuBERT, a plugin's Face...), and "All modalities", the joint of
 every modality marked `in_all` whose cache exists. A new modality thus gets its row by being
-registered, without an edit here.
+registered, without an edit here. `classify.table --joint early,tfn,xattn` adds one row per
+joint head over those same modalities ("All modalities, early", ...: `joint_rule_rows`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Row:
     cells: dict[str, tuple[str, ...]]
     head: str | None = None
     published: bool = True
+    rule: str | None = None  # a fixed fusion rule (the joint heads' rows); None: the table's --rule
 
 
 COLUMNS = ("RGB", "Flow/Audio", JOINT)
@@ -73,6 +75,13 @@ def extra_rows(entries, has_cache=lambda name: True) -> tuple[Row, ...]:
     return tuple(rows)
 
 
+def joint_rule_rows(entries, has_cache, rules) -> tuple[Row, ...]:
+    """One row per joint rule ("All modalities, early", ", tfn", ", xattn": `classify.joint`),
+    over the `in_all` modalities whose cache exists; none when fewer than two have one."""
+    cached = tuple(m.name for m in entries if m.in_all and has_cache(m.name))
+    return tuple(Row(f"{ALL_MODALITIES}, {r}", {JOINT: cached}, published=False, rule=r) for r in rules) if len(cached) > 1 else ()
+
+
 def _shown_by_default(row: Row, has_cache) -> bool:
     """`auto`: every cache of the row exists, and the "All modalities" joint adds a modality to
     what the seed rows already fuse (rgb + flow + audio alone is the Audio+I3D joint)."""
@@ -84,12 +93,17 @@ def _shown_by_default(row: Row, has_cache) -> bool:
     return True
 
 
-def select_extra_rows(work, names: str, entries) -> tuple[Row, ...]:
+def select_extra_rows(work, names: str, entries, joint_rules=()) -> tuple[Row, ...]:
     """The extra rows to show: `auto` (those whose caches exist), `none`, or row names,
-    comma-separated (a named row is shown even without its caches: its cells say n/a)."""
+    comma-separated (a named row is shown even without its caches: its cells say n/a); then one
+    row per joint rule in `joint_rules` (`classify.table --joint`), whatever `names` says."""
     def has_cache(m: str) -> bool:
         return cache.exists(work, m)
 
+    return _select(names, entries, has_cache) + joint_rule_rows(entries, has_cache, joint_rules)
+
+
+def _select(names: str, entries, has_cache) -> tuple[Row, ...]:
     rows = extra_rows(entries, has_cache)
     if names == "auto":
         return tuple(r for r in rows if _shown_by_default(r, has_cache))

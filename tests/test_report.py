@@ -135,3 +135,12 @@ def test_the_page_in_a_real_browser(built, browser, tmp_path):
     confs = [float(r.get_attribute("data-conf")) for r in browser.find_elements(By.CSS_SELECTOR, "#videos tr.video")]
     assert confs == sorted(confs, reverse=True)
     assert browser.save_screenshot(str(tmp_path / "report.png"))
+
+
+def test_the_joint_head_rows_are_on_the_page(built):
+    """The table's joint-head rows (`classify.table --joint`, on by default) are rendered, and the
+    video browser still shows a late fusion, whose single runs give the per-modality bars."""
+    html = built["page"].read_text(encoding="utf-8")
+    for rule in ("early", "tfn", "xattn"):
+        assert f"All modalities, {rule}" in html
+    assert built["cell"]["rule"] == "weighted"

@@ -58,10 +58,11 @@ def test_outputs_exist_and_parse(full):
     assert md in full["stdout"]  # the same table is printed
     with open(out / "table.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    # 1 + 3 + 3 defined cells, all computed
+    # 1 + 3 + 3 defined cells and one per joint head (`--joint` default), all computed
     assert [(r["method"], r["column"]) for r in rows] == [
         ("ConvNet+LSTM", "RGB"), ("I3D", "RGB"), ("I3D", "Flow/Audio"), ("I3D", "Joint"),
-        ("Audio+I3D", "RGB"), ("Audio+I3D", "Flow/Audio"), ("Audio+I3D", "Joint")]
+        ("Audio+I3D", "RGB"), ("Audio+I3D", "Flow/Audio"), ("Audio+I3D", "Joint"),
+        ("All modalities, early", "Joint"), ("All modalities, tfn", "Joint"), ("All modalities, xattn", "Joint")]
     assert all(r["status"] == "ok" for r in rows)
     for r in rows:
         c = cell(full["json"], r["method"], r["column"])
@@ -125,8 +126,9 @@ def test_published_numbers_only_for_known_datasets(full):
     run_dir = Path(cell(table, "I3D", "RGB")["runs"][0])
     before = (run_dir / "metrics.json").stat().st_mtime_ns
     out = full["work"] / "table-other"
+    # (--joint none: only the seed's rows, whose title would otherwise say "beyond the published table")
     rc, stdout, stderr = run_main(["--manifest", str(full["manifest"]), "--work", str(full["work"]),
-                                   "--seeds", str(SEEDS), "--dataset", "other", "--out", str(out)])
+                                   "--seeds", str(SEEDS), "--dataset", "other", "--out", str(out), "--joint", "none"])
     assert rc == 0, stderr
     assert (run_dir / "metrics.json").stat().st_mtime_ns == before  # reused, not trained again
     md = (out / "table.md").read_text(encoding="utf-8").split("\n## ", 1)[1]  # after the banner
@@ -211,3 +213,29 @@ def test_nothing_computable_exits_2(tmp_path):
     assert not (tmp_path / "empty" / "table").exists()
     rc, _, stderr = run_main(["--manifest", str(tmp_path / "nope.csv"), "--work", str(tmp_path), "--seeds", "1"])
     assert rc == 2 and "manifest not found" in stderr
+
+
+def test_joint_head_rows(full):
+    """`--joint` (default early,tfn,xattn): one row per joint head over the in_all modalities with a
+    cache, its runs the joint runs of classify.fuse (reused by a second table), tested against the best
+    single modality, named in the footer; `--joint tfn` keeps one of them."""
+    table = full["json"]
+    md = (full["out"] / "table.md").read_text(encoding="utf-8")
+    for rule in ("early", "tfn", "xattn"):
+        c = cell(table, f"All modalities, {rule}", "Joint")
+        assert c["rule"] == rule and c["modalities"] == ["rgb", "flow", "audio"] and c["status"] == "ok"
+        assert "weights" not in c and c["best_single"] in c["modalities"] and 0 <= c["p_joint_vs_best_single"] <= 1
+        assert [Path(p).name for p in c["runs"]] == [f"fuse-rgb+flow+audio-{rule}", f"fuse-rgb+flow+audio-{rule}-seed1"]
+        assert f"| All modalities, {rule} |" in md
+    assert "Joint heads (early, tfn, xattn)" in md
+    run = Path(cell(table, "All modalities, xattn", "Joint")["runs"][0]) / "metrics.json"
+    before = run.stat().st_mtime_ns
+    out = full["work"] / "table-tfn"
+    rc, _, stderr = run_main(["--manifest", str(full["manifest"]), "--work", str(full["work"]), "--seeds", str(SEEDS),
+                              "--out", str(out), "--joint", "tfn"])
+    assert rc == 0, stderr
+    rows = [c["row"] for c in json.loads((out / "table.json").read_text(encoding="utf-8"))["cells"]]
+    assert "All modalities, tfn" in rows and "All modalities, early" not in rows
+    assert run.stat().st_mtime_ns == before
+    rc, _, stderr = run_main(["--manifest", str(full["manifest"]), "--work", str(full["work"]), "--joint", "lmf"])
+    assert rc == 2 and "--joint 'lmf'" in stderr

@@ -89,3 +89,24 @@ def test_published_numbers_name_their_source_in_words():
     assert published.accuracy("dmver")["I3D"] == {"RGB": 54.02, "Flow/Audio": 59.03, "Joint": 61.67}
     assert published.accuracy("iemocap")["ConvNet+LSTM"] == {"RGB": 50.77}  # "-" in the table: absent
     assert published.accuracy("music-video")["Audio+I3D"]["Joint"] == 58.38
+
+
+def test_joint_head_rows_follow_all_modalities(tmp_path):
+    """`--joint`: one row per joint rule over the in_all modalities with a cache, after the other
+    extra rows and whatever `--extra-rows` says; none with fewer than two such caches."""
+    fake_caches(tmp_path, ["rgb", "flow", "audio", "rgb2d", "clip"])
+    got = rows.select_extra_rows(tmp_path, "none", ENTRIES, ("early", "xattn"))
+    assert got == (Row("All modalities, early", {"Joint": ("rgb", "flow", "audio")}, published=False, rule="early"),
+                   Row("All modalities, xattn", {"Joint": ("rgb", "flow", "audio")}, published=False, rule="xattn"))
+    assert [r.name for r in rows.select_extra_rows(tmp_path, "auto", ENTRIES, ("tfn",))] == ["CLIP", "All modalities, tfn"]
+    assert rows.select_extra_rows(tmp_path, "auto", ENTRIES) == (Row("CLIP", {"RGB": ("clip",)}, published=False),)
+    lonely = tmp_path / "one"
+    fake_caches(lonely, ["rgb", "clip"])
+    assert rows.joint_rule_rows(ENTRIES, lambda m: cache_exists(lonely, m), ("early",)) == ()
+    assert table.parse_joint("none") == () and table.parse_joint("tfn, early") == ("tfn", "early")
+    with pytest.raises(ValueError, match="lmf"):
+        table.parse_joint("early,lmf")
+
+
+def cache_exists(work, m):
+    return (work / "features" / f"{m}.h5").is_file()

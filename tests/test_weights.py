@@ -81,6 +81,8 @@ def test_url_table_is_the_published_one():
         "clip-vit-base-patch32.bin": "https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/pytorch_model.bin",
         "wav2vec2-base.bin": "https://huggingface.co/facebook/wav2vec2-base/resolve/main/pytorch_model.bin",
         "hubert-base-ls960.bin": "https://huggingface.co/facebook/hubert-base-ls960/resolve/main/pytorch_model.bin",
+        "enet_b0_8_va_mtl.pt": "https://github.com/av-savchenko/face-emotion-recognition/raw/"
+                               "9f62dbb76f933a55fcebdb5fab9e76492c435187/models/affectnet_emotions/enet_b0_8_va_mtl.pt",
         # taken out of wheels by their fetch hook; the URL is the wheel's page, for fetching by hand
         "mtcnn/pnet.pt": "https://pypi.org/project/facenet-pytorch/2.6.0/#files",
         "mtcnn/rnet.pt": "https://pypi.org/project/facenet-pytorch/2.6.0/#files",
