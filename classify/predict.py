@@ -34,6 +34,7 @@ modality left), the rest are predicted; 2 the run failed (bad bundle or manifest
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import sys
@@ -95,12 +96,17 @@ def _stage_modules() -> dict:
             if isinstance(m.source, registry.StageSource)}
 
 
-def run_stages(bundle: dict, videos: Sequence[Video], work: Path, jobs: int) -> dict[str, stage.Summary]:
-    """Every stage the bundle's modalities read, with the bundle's recorded settings."""
+def run_stages(bundle: dict, videos: Sequence[Video], work: Path, jobs: int,
+               weights: str = "weights") -> dict[str, stage.Summary]:
+    """Every stage the bundle's modalities read, with the bundle's recorded settings; a stage
+    with a network of its own (the faces stage's detector) takes its files from `weights`, the
+    folder predict was given (a detector has no random variant, whatever the bundle's features had)."""
     modules = _stage_modules()
     summaries = {}
     for name, recorded in bundle["stages"].items():
         module = modules[name]
+        if "weights" in {f.name for f in dataclasses.fields(module.STAGE.settings_type)}:
+            recorded = {**recorded, "weights": str(Path(weights).resolve())}
         settings = module.STAGE.settings_type(**recorded)
         summaries[name] = stage.run_stage(module.STAGE, videos, work, settings, jobs=jobs)
         print(summaries[name].line(work), flush=True)
@@ -222,7 +228,7 @@ def predict(model, videos: Sequence[Video], work, jobs: int = 0, device: str = "
     banner = cache.banner_for_attributes({m: bundle["features"][m]["cache"] for m in bundle["modalities"]})
     if banner:  # the bundle's heads were trained on features of untrained networks
         print(banner, flush=True)
-    summaries = run_stages(bundle, videos, work, jobs)
+    summaries = run_stages(bundle, videos, work, jobs, weights)
     embed(bundle, videos, work, weights, device, loaders)
     ids, fused, P, reasons = predict_proba(loaded, videos, work)
     out = Work(work).predictions

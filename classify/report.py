@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classify import published
+from classify import faces_view, published
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
 from extract import cli, frames
 from extract.durable import atomic_dir
@@ -164,6 +164,8 @@ def page_context(work, manifest, table: dict, table_dir: Path, out: Path) -> dic
     runs = list(per_run)
     missing = {m: cache.missing(work, m) if cache.exists(work, m) else {} for m in runs}
     (out / "thumbs").mkdir()
+    with_faces = as_work(work).stage("faces").is_dir()
+    face_probs, face_note = faces_view.probabilities(work, ids) if with_faces else ({}, None)
     rows = []
     for vid in ids:
         proba = fused[vid]
@@ -177,6 +179,7 @@ def page_context(work, manifest, table: dict, table_dir: Path, out: Path) -> dic
                                  "reason": missing[m].get(vid, "not scored")})
         rows.append({"id": vid, "true": true, "pred": pred, "confidence": float(np.max(proba)), "error": pred != true,
                      "caption": v.text if v else None, "thumbs": _thumbnails(work, vid, out),
+                     "face": faces_view.face_column(work, vid, out, face_probs, face_note) if with_faces else None,
                      "fused": _bars(proba, classes), "per_modality": per_modality})
     _write_videos_csv(out / VIDEOS_CSV, rows, classes)
     md = (table_dir / "table.md").read_text(encoding="utf-8")
@@ -206,6 +209,7 @@ def page_context(work, manifest, table: dict, table_dir: Path, out: Path) -> dic
         "fusion_weights": weights,
         "weight_modalities": list(dict.fromkeys(m for w in weights for m in w["weights"])),
         "class_names": classes, "videos": rows,
+        "faces": with_faces, "face_legend": faces_view.legend(),
         "browser": {"name": f"{cell['row']} {cell['column']} ({'+'.join(cell['modalities'])})",
                     "description": description, "modalities": list(runs), "run": str(run),
                     "csv": VIDEOS_CSV},

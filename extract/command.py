@@ -20,6 +20,7 @@ STEPS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "faces": ("extract.faces", (), "stage: the main face per picked frame (crops, boxes, scores)"),
     "weights": ("features.weights", (), "download and check the backbone checkpoints"),
     "features": ("features.extract", (), "embed one modality into the feature cache"),
+    "expressions": ("features.expressions", (), "per-video facial expressions (FER2013) as a CSV"),
     "list": ("features.extract", ("--list",), "list the registered modalities"),
     "train": ("classify.train", (), "train one head on one modality"),
     "fuse": ("classify.fuse", (), "late fusion of several modalities"),

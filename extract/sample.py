@@ -18,6 +18,10 @@ Every video shows its class through three channels, each of them noisy:
 * and the caption: one or two clauses whose meaning fits the cue's class, in varied words
   (`CLAUSES`), with openers, tags and emoji around them; about 15 % of the videos have none.
 
+About 40 % of the videos also show a real face (a photograph, slowly moving and zooming:
+`extract.sample_faces`), whatever their class, so that the face stage and the `face` modality
+run on faces a detector finds.
+
 For each video and each channel the cue follows the true class with probability `P_AGREE`
 (0.85) and otherwise contradicts it (it is drawn from one of the other two classes); within a cue
 class the continuous parameters are drawn around the class's centre with overlapping spreads.
@@ -47,10 +51,11 @@ from typing import Sequence
 import numpy as np
 
 from extract import cli, durable
+from extract.sample_faces import face_plan, paste_face
 from extract.manifest import Video, assign_splits, write_manifest
 from extract.media import ffmpeg_exe
 
-VERSION = 1                      # bump when the rendering changes: every video is rendered again
+VERSION = 2                      # bump when the rendering changes: every video is rendered again
 CLASSES = ("negative", "neutral", "positive")
 PREFIX = {"negative": "neg", "neutral": "neu", "positive": "pos"}
 WIDTH, HEIGHT, FPS = 360, 640, 30
@@ -120,6 +125,8 @@ class Plan:
     noise: float
     # caption
     text: str | None
+    # a real face over the scene (extract.sample_faces), or None
+    face: tuple | None = None
 
     def fingerprint(self) -> str:
         blob = json.dumps([VERSION, dataclasses.asdict(self)], sort_keys=True, ensure_ascii=True)
@@ -178,7 +185,8 @@ def plan_video(label: str, index: int, seed: int = 0, min_seconds: float = 3.0, 
                 seed=(int(seed), cls, int(index)), visual_cue=visual_cue, motion_cue=motion_cue,
                 audio_cue=audio_cue, text_cue=text_cue, hue=hue, saturation=saturation, brightness=brightness,
                 speed=speed, direction=direction, shapes=shapes, shake=shake, has_audio=vid not in NO_AUDIO_IDS,
-                mode=mode, root_hz=root_hz, tempo_bpm=tempo_bpm, noise=noise, text=text)
+                mode=mode, root_hz=root_hz, tempo_bpm=tempo_bpm, noise=noise, text=text,
+                face=face_plan((seed, cls, index), WIDTH, HEIGHT))
 
 
 def per_class(videos: int) -> list[int]:
@@ -250,9 +258,11 @@ def render_frames(plan: Plan):
     canvas = np.empty_like(background)
     for t in range(plan.frames):
         np.copyto(canvas, background)
+        dy, dx = jitter[t]
+        if plan.face:   # behind the shapes (they keep their motion), still in the frame (no camera shake)
+            paste_face(canvas, plan.face, t, plan.frames, offset=(PAD + dx, PAD + dy))
         for shape in shapes:
             shape.draw(canvas, t)
-        dy, dx = jitter[t]
         yield np.ascontiguousarray(canvas[PAD + dy: PAD + dy + HEIGHT, PAD + dx: PAD + dx + WIDTH])
 
 
@@ -414,7 +424,8 @@ def load_plans(out: str | os.PathLike) -> list[Plan]:
     stamp = _read_stamp(Path(out))
     if "plans" not in stamp:
         raise FileNotFoundError(f"no {STAMP} with plans in {out}")
-    return [Plan(**{**p, "seed": tuple(p["seed"])}) for p in stamp["plans"]]
+    return [Plan(**{**p, "seed": tuple(p["seed"]), "face": tuple(p["face"]) if p.get("face") else None})
+            for p in stamp["plans"]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

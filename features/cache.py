@@ -493,6 +493,19 @@ def load(work: str | os.PathLike, modality: str) -> Features:
         return Features(ids, x, lengths)
 
 
+def load_some(work: str | os.PathLike, modality: str, ids: Iterable[str], columns: slice = slice(None)) -> dict[str, np.ndarray]:
+    """The sequences of the listed videos that have this modality, {id: float32 [L, columns]},
+    read one video at a time (the report needs a few videos' rows, not the padded whole cache)."""
+    wanted = set(ids)
+    out: dict[str, np.ndarray] = {}
+    with _open(work, modality) as f:
+        offsets = f["offsets"][()]
+        for i, vid in enumerate(_strings(f["ids"])):
+            if vid in wanted:
+                out[vid] = np.asarray(f["data"][offsets[i]:offsets[i + 1], columns], dtype=np.float32)
+    return out
+
+
 def missing(work: str | os.PathLike, modality: str) -> dict[str, str]:
     """Videos recorded without this modality: id -> reason."""
     with _open(work, modality) as f:

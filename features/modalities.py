@@ -125,6 +125,9 @@ class Network:
     post: PostProcessor | None = None
     packaged: Callable[[dict, torch.device], Loaded] | None = None  # weights shipped in a package
     options: tuple[Option, ...] = ()
+    requires: tuple[str, ...] = ()                    # optional Python packages it imports (module names)
+    extra: str | None = None                          # the setup.cfg extra that installs them
+    weights_note: str | None = None                   # `packaged`: where its weights (if any) come from, for the docs
     # --weights random: False re-initialises convolutions and linear layers the project's way
     # (features.backbones._random_init, for the architectures written here); True keeps the
     # seeded initialisation of the library's own constructor (torchvision, transformers), which
@@ -282,9 +285,20 @@ class Modality:
             out[opt.name] = value
         return out
 
+    def unavailable(self) -> str | None:
+        """One line saying which optional package this modality needs and lacks here, or None."""
+        import importlib.util
+
+        absent = [m for m in self.network.requires if importlib.util.find_spec(m) is None]
+        if not absent:
+            return None
+        extra = self.network.extra
+        how = f"pip install 'dmver-bench[{extra}]'" if extra else f"pip install {' '.join(absent)}"
+        return f"modality {self.name} needs the optional package {', '.join(absent)}, not installed here ({how})"
+
     def weights_text(self) -> str:
         if self.network.packaged is not None:
-            return "shipped in a package (see --text-model)"
+            return self.network.weights_note or "shipped in a package (see --text-model)"
         net = self.network
         if net.file is None:
             return "none"

@@ -176,15 +176,21 @@ def test_make_weights_names_the_file_and_checks_its_git_blob(files, tmp_path):
 
 
 def write_track(work, video_id: str, found: list[bool], seed: int) -> np.ndarray:
-    """A faces stage output in the stage's documented layout; returns its crops."""
+    """A faces stage output in the stage's layout (`extract.faces`: JPEG crops of the frames with a
+    face); returns its crops as `extract.faces.load` reads them back."""
+    import json
+
+    from extract import faces as faces_stage
+
     n = len(found)
-    faces = crops(n, seed)
+    flags = np.array(found, bool)
+    data, offsets = faces_stage._encode(crops(n, seed), flags, 95)
     boxes = np.tile(np.array([10, 20, 90, 100], np.float32), (n, 1))
     path = Work(work).output("faces", video_id, ".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, crops=faces, boxes=boxes, scores=np.where(found, 0.99, 0).astype(np.float32),
-             found=np.array(found, bool))
-    return faces
+    np.savez(path, jpeg=data, offsets=offsets, boxes=boxes, scores=np.where(found, 0.99, 0).astype(np.float32),
+             found=flags, crop_size=np.int64(crops(1, seed).shape[1]), meta=np.array(json.dumps({})))
+    return faces_stage.load(work, video_id).crops
 
 
 @pytest.fixture(scope="module")

@@ -156,7 +156,7 @@ def test_a_broken_plugin_is_one_warning_naming_it_never_a_crash(tmp_path):
                             "[dmver.modalities]\nbroken = brokenplug:THING\n")
     _distribution(tmp_path / "site", "wrongplug", "THING = 42\n", "[dmver.modalities]\nwrong = wrongplug:THING\n")
     names = _run(["features.extract", "--names"], plugins)
-    assert names.returncode == 0 and names.stdout.split() == ["rgb", "flow", "audio", "rgb2d", "text"]
+    assert names.returncode == 0 and names.stdout.split() == ["rgb", "flow", "audio", "rgb2d", "text", "egemaps"]
     warnings = names.stderr.strip().splitlines()
     assert len(warnings) == 2, names.stderr
     broken = next(w for w in warnings if "'broken'" in w)

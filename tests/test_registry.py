@@ -149,7 +149,8 @@ def test_the_builtin_entries_and_their_place_in_the_results_table():
     assert places == {
         "rgb": ("I3D RGB", "RGB", True, True), "flow": ("I3D flow", "Flow/Audio", True, True),
         "audio": ("VGGish", "Flow/Audio", True, True), "rgb2d": ("ResNet-18", "RGB", False, True),
-        "text": ("Text", "Text", True, True), "r2plus1d": ("R(2+1)D", "RGB", False, False),
+        "text": ("Text", "Text", True, True), "face": ("Face", "RGB", True, False),
+        "egemaps": ("eGeMAPS", "Flow/Audio", True, True), "r2plus1d": ("R(2+1)D", "RGB", False, False),
         "s3d": ("S3D", "RGB", False, False), "clip": ("CLIP", "RGB", False, False),
         "wav2vec2": ("wav2vec 2.0", "Flow/Audio", False, False), "hubert": ("HuBERT", "Flow/Audio", False, False),
         "face_affectnet": ("AffectNet face", "Face", False, False)}

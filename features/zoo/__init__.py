@@ -9,4 +9,4 @@ modality is one new file. Modalities of other distributions come in through the 
 group `dmver.modalities` instead (see `features.modalities`).
 """
 
-ORDER = ("i3d", "vggish", "rgb2d", "text", "videonets", "hf")
+ORDER = ("i3d", "vggish", "rgb2d", "text", "face", "egemaps", "videonets", "hf")
