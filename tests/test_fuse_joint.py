@@ -20,7 +20,7 @@ NO_TONE_TEST = 90  # test videos (15 per case, so 30 of class 2) written without
 def write_pairing_work(root, sizes=SIZES, no_tone=NO_TONE_TEST) -> tuple:
     """Caches `colour` and `tone` (through `cache.write_consolidated`, the feature stage's writer)
     and a manifest for `pairing_task` videos; returns (work, manifest, test ids without tone)."""
-    ids, feats, videos, lacking = [], {"colour": [], "tone": []}, [], []
+    feats, videos, lacking = {"colour": [], "tone": []}, [], []
     for s, (split, n) in enumerate(sizes.items()):
         X, y = pairing_task(n, 10 + s, missing_tone=0.1 if split != "test" else 0.0)
         if split == "test" and no_tone:

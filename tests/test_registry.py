@@ -153,7 +153,7 @@ def test_the_builtin_entries_and_their_place_in_the_results_table():
         "egemaps": ("eGeMAPS", "Flow/Audio", True, True), "r2plus1d": ("R(2+1)D", "RGB", False, False),
         "s3d": ("S3D", "RGB", False, False), "clip": ("CLIP", "RGB", False, False),
         "wav2vec2": ("wav2vec 2.0", "Flow/Audio", False, False), "hubert": ("HuBERT", "Flow/Audio", False, False),
-        "face_affectnet": ("AffectNet face", "Face", False, False)}
+        "face_affectnet": ("AffectNet face", "RGB", False, False)}
 
 
 @pytest.mark.parametrize("name", [m.name for m in modalities.all_modalities()])

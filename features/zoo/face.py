@@ -54,15 +54,21 @@ class FaceSource(StageSource):
         return track
 
 
-def prepare(track) -> torch.Tensor:
-    """A face track -> mini-XCEPTION's input [n, 1, 64, 64] in [-1, 1], one per frame with a face."""
+def found_crops(track) -> np.ndarray:
+    """The crops [n, S, S, 3] of a face track's frames with a face, in frame order (shared by every
+    modality that reads the faces stage)."""
     found = np.asarray(track.found, dtype=bool)
     crops = np.asarray(track.crops)
     if crops.ndim != 4 or len(crops) != len(found):
         raise ValueError(f"face: {len(found)} found flags but crops of shape {tuple(crops.shape)}")
     if not found.any():
         raise ValueError("face: a track without any face (the source reports it as missing)")
-    return expression.preprocess(crops[found])
+    return crops[found]
+
+
+def prepare(track) -> torch.Tensor:
+    """A face track -> mini-XCEPTION's input [n, 1, 64, 64] in [-1, 1], one per frame with a face."""
+    return expression.preprocess(found_crops(track))
 
 # ----------------------------------------------------------------------------- network
 
