@@ -23,7 +23,9 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable
 
@@ -150,7 +152,33 @@ def run(body: Callable[[], int | None], verbose: bool = False, level: int = logg
     try:
         code = body()
     except KeyboardInterrupt:
-        return interrupted()
+        return _final(interrupted())
     except Exception as exc:  # the run itself failed, not one video: never exit 1
-        return run_failed(exc, verbose)
-    return EXIT_OK if code is None else int(code)
+        return _final(run_failed(exc, verbose))
+    return _final(EXIT_OK if code is None else int(code))
+
+
+def _final(code: int) -> int:
+    """From here on the result is decided and everything is written: a Ctrl-C while the interpreter
+    shuts down (joining worker pools can take a second) ends the process at once with that code,
+    instead of a KeyboardInterrupt traceback from an exit handler."""
+    def leave(signum, frame) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    if _is_the_program() and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, leave)
+    return code
+
+
+def _is_the_program() -> bool:
+    """Whether this process is one of our commands (`python -m extract.frames`, `dmver ...`), not a
+    program that calls a `main` in-process (a test runner, a notebook), whose Ctrl-C stays its own."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None:
+        return spec.name.split(".")[0] in ("extract", "features", "classify", "benchmarks")
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "dmver"

@@ -233,8 +233,41 @@ def test_ctrl_c_while_a_stage_works(many, tmp_path):
     work = tmp_path / "w"
     done = _interrupt(["extract.frames", "--manifest", str(many), "--work", str(work), "--jobs", "2",
                        "--num-frames", "64", "--size", "112"],
-                      lambda: any((work / "frames").glob("*.npz")))
+                      lambda: any((work / "frames").glob("*.npz")), after=0.0)
     _one_interrupted_line(done)
+
+
+def test_ctrl_c_after_the_work_is_done_keeps_the_exit_code(tmp_path):
+    """A Ctrl-C while the interpreter shuts down (worker pools joining) changes nothing: the exit
+    code the run decided, at once, and no traceback from an exit handler."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, sys, time\n"
+        "def _slow_exit():\n"
+        "    sys.stderr.write('shutting down\\n'); sys.stderr.flush(); time.sleep(20)\n"
+        "atexit.register(_slow_exit)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    proc = subprocess.Popen([sys.executable, "-m", "extract.frames", "--manifest", str(tmp_path / "absent.csv"),
+                             "--work", str(tmp_path / "w")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=env, start_new_session=True, preexec_fn=_as_from_a_terminal)
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("shutting down"):
+                break
+        assert seen and seen[-1].startswith("shutting down"), "".join(seen)
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(timeout=15)
+        assert time.monotonic() - sent < 10, "the Ctrl-C did not end the exit handler's wait"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = "".join(seen) + rest
+    assert proc.returncode == cli.EXIT_RUN_FAILED, err
+    assert "absent.csv" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
 @pytest.fixture(scope="module")
