@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classify.thumbs import write_thumbs
 from extract.layout import file_key
 from features import cache
 from features.expression import EMOTIONS
@@ -41,21 +42,10 @@ def probabilities(work, ids) -> tuple[dict[str, np.ndarray], str | None]:
 
 
 def _crops(track, found: np.ndarray, video_id: str, out: Path) -> list[str]:
-    import cv2
-
     with_face = np.flatnonzero(found)
     picks = dict.fromkeys(with_face[np.linspace(0, len(with_face) - 1, min(CROPS, len(with_face))).round()
                                     .astype(int)].tolist()) if len(with_face) else {}
-    names = []
-    (out / "faces").mkdir(exist_ok=True)
-    for k, t in enumerate(picks):
-        small = cv2.resize(np.ascontiguousarray(track.crops[t]), (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if ok:
-            name = f"faces/{file_key(video_id)}-{k}.jpg"
-            (out / name).write_bytes(buf.tobytes())
-            names.append(name)
-    return names
+    return write_thumbs((track.crops[t] for t in picks), out, f"faces/{file_key(video_id)}", CROP_SIZE, 85)
 
 
 def _strip(found: np.ndarray, probs: np.ndarray | None) -> list[dict]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from classify import faces_view, published
 from classify.runs import DEFAULT_MANIFEST, DEFAULT_WORK, read_json
+from classify.thumbs import write_thumbs
 from extract import cli, frames
 from extract.durable import atomic_dir
 from extract.layout import as_work, check_out, file_key
@@ -59,22 +60,13 @@ def _predictions(run: Path) -> tuple[list[str], np.ndarray]:
 
 def _thumbnails(work, video_id: str, out: Path) -> list[str]:
     """Up to 4 small JPEGs of the frames stage's output, written into out/thumbs; their relative paths."""
-    import cv2
-
     try:
         clip = frames.load(work, video_id)
     except Exception:  # no frames (failed or not extracted): the row says so
         return []
     picks = np.linspace(0, len(clip) - 1, THUMBS).round().astype(int)
-    names = []
-    for k, i in enumerate(dict.fromkeys(picks.tolist())):
-        small = cv2.resize(clip[i], (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
-        if ok:
-            name = f"thumbs/{file_key(video_id)}-{k}.jpg"
-            (out / name).write_bytes(buf.tobytes())
-            names.append(name)
-    return names
+    return write_thumbs((clip[i] for i in dict.fromkeys(picks.tolist())), out, f"thumbs/{file_key(video_id)}",
+                        THUMB_SIZE, 80)
 
 
 def _bars(proba: np.ndarray, classes: list[str]) -> list[dict]:
