@@ -3,9 +3,12 @@ repository root, with this checkout first on PYTHONPATH (so a test never runs an
 
 `run_cli` runs a command to the end and returns its exit code and output; `start_cli` starts one
 and returns the process, for the tests that kill or race commands; `cli_command` is the argv both use.
+`quiet` calls a command's `main` in this process instead, with its output captured.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -51,3 +54,11 @@ def start_cli(module: str, *args: object, env: Mapping[str, str] | None = None, 
         popen.setdefault("stdout", subprocess.DEVNULL)
         popen.setdefault("stderr", subprocess.DEVNULL)
     return subprocess.Popen(cli_command(module, *args), cwd=ROOT, env=cli_env(env), **popen)
+
+
+def quiet(main, argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `main(argv)` called in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()

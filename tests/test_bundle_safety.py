@@ -2,7 +2,6 @@
 training work folder, and a random-weights bundle says so (docs/bundles.md)."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -24,15 +23,9 @@ from extract import manifest as manifest_cli
 from extract.manifest import read_manifest, write_manifest
 from features.extract import extract_features
 from tests.test_report import built  # noqa: F401 (the report tests' work folder with a table)
+from tests.cli import quiet
 
 MODALITIES = ["rgb", "audio"]
-
-
-def quiet(fn, argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = fn(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _tree(folder):

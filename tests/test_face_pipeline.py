@@ -4,10 +4,8 @@ extra rows, late fusion, a model bundle, prediction on new videos (which runs th
 both modalities again) and the report's face column, checked in a real browser when there is one."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
-import io
 import json
 import re
 import shutil
@@ -23,16 +21,10 @@ from extract.manifest import read_manifest, write_manifest
 from features import cache
 from features.extract import extract_features
 from tests import facework
+from tests.cli import quiet
 
 MODALITIES = ["rgb", "face", "egemaps"]
 GEOMETRY = dict(num_frames=8, size=32)
-
-
-def quiet(fn, argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = fn(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 exit 2 with one line, and NaN never becomes a prediction."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -24,15 +22,8 @@ from features.extract import extract_features
 from features.extract import main as features_main
 from features.vggish import VGGish
 from tests import videos as tv
-from tests.cli import start_cli
+from tests.cli import quiet, start_cli
 from tests.workdirs import STAGED_FRAMES as T, STAGED_SIZE as S  # `staged`: tests/conftest.py
-
-
-def quiet(fn, argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = fn(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _truncate(path: Path) -> None:

@@ -1,10 +1,8 @@
 """A trained model applied to new videos: `classify.export` then `classify.predict`."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
-import io
 import json
 
 import numpy as np
@@ -16,16 +14,10 @@ from classify.fuse import fuse
 from extract import audio, frames, sample, stage
 from extract.manifest import read_manifest, write_manifest
 from features.extract import extract_features
+from tests.cli import quiet
 
 MODALITIES = ["rgb", "audio", "text"]
 GEOMETRY = dict(num_frames=8, size=32)
-
-
-def quiet(fn, argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = fn(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
