@@ -18,12 +18,12 @@ from classify import export as export_cli
 from classify import predict as predict_cli
 from classify import report
 from classify.fuse import fuse
-from extract import audio, frames, sample, stage
 from extract import manifest as manifest_cli
-from extract.manifest import read_manifest, write_manifest
+from extract.manifest import write_manifest
 from features.extract import extract_features
 from tests.test_report import built  # noqa: F401 (the report tests' work folder with a table)
 from tests.cli import quiet
+from tests.workdirs import sample_with_frames_and_audio
 
 MODALITIES = ["rgb", "audio"]
 
@@ -37,13 +37,8 @@ def _tree(folder):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
-    data = root / "data"
-    sample.main(["--out", str(data), "--videos", "30"])
-    manifest = data / "manifest.csv"
-    videos = read_manifest(manifest)
-    work = root / "work"
-    stage.run_stage(frames.STAGE, videos, work, frames.FrameSettings(num_frames=8, size=32), jobs=2)
-    stage.run_stage(audio.STAGE, videos, work, audio.AudioSettings(), jobs=2)
+    manifest, work, videos = sample_with_frames_and_audio(root)
+    data = manifest.parent
     for m in MODALITIES:
         extract_features(m, videos, work, weights="random", device="cpu", loaders=0)
     fuse(work, str(manifest), MODALITIES, "lstm", "weighted", 0)

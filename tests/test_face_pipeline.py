@@ -16,29 +16,24 @@ from classify import export as export_cli
 from classify import predict as predict_cli
 from classify import report
 from classify import table as tbl
-from extract import audio, faces, frames, sample, stage
-from extract.manifest import read_manifest, write_manifest
+from extract import faces, sample
+from extract.manifest import write_manifest
 from features import cache
 from features.extract import extract_features
 from tests import facework
 from tests.cli import quiet
+from tests.workdirs import STAGED_FRAMES, sample_with_frames_and_audio
 
 MODALITIES = ["rgb", "face", "egemaps"]
-GEOMETRY = dict(num_frames=8, size=32)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, face_weights):
     root = tmp_path_factory.mktemp("facepipe")
     weights = face_weights
-    data = root / "data"
-    sample.main(["--out", str(data), "--videos", "30"])
-    manifest = data / "manifest.csv"
-    videos = read_manifest(manifest)
-    work = root / "work"
-    stage.run_stage(frames.STAGE, videos, work, frames.FrameSettings(**GEOMETRY), jobs=2)
-    stage.run_stage(audio.STAGE, videos, work, audio.AudioSettings(), jobs=2)
-    facework.run_faces(videos, work, weights, num_frames=GEOMETRY["num_frames"])
+    manifest, work, videos = sample_with_frames_and_audio(root)
+    data = manifest.parent
+    facework.run_faces(videos, work, weights, num_frames=STAGED_FRAMES)
     extract_features("rgb", videos, work, weights="random", device="cpu", loaders=0)
     extract_features("face", videos, work, weights=weights, device="cpu", loaders=0)
     extract_features("egemaps", videos, work, weights="random", device="cpu", loaders=0)
@@ -129,11 +124,11 @@ def test_the_report_shows_face_crops_and_an_expression_strip(pipeline, tmp_path)
     for vid, block in blocks.items():
         face_cell = block.split('<td class="face">')[1].split("</td>")[0]
         cells = face_cell.count('class="frame"') + face_cell.count('class="noface"')
-        assert cells == GEOMETRY["num_frames"], (vid, face_cell)
+        assert cells == STAGED_FRAMES, (vid, face_cell)
         if plans[vid].face:
             assert face_cell.count('alt="face"') >= 1 and "happy" in face_cell
         else:
-            assert f"no face in {GEOMETRY['num_frames']} frames" in face_cell and 'alt="face"' not in face_cell
+            assert f"no face in {STAGED_FRAMES} frames" in face_cell and 'alt="face"' not in face_cell
     crops = list((out / "faces").glob("*.jpg"))
     assert crops and all(c.read_bytes()[:2] == b"\xff\xd8" for c in crops)
     assert "expressions from RANDOM weights" not in html

@@ -11,25 +11,19 @@ import pytest
 from classify import export as export_cli
 from classify import predict as predict_cli
 from classify.fuse import fuse
-from extract import audio, frames, sample, stage
+from extract import frames, stage
 from extract.manifest import read_manifest, write_manifest
 from features.extract import extract_features
 from tests.cli import quiet
+from tests.workdirs import sample_with_frames_and_audio
 
 MODALITIES = ["rgb", "audio", "text"]
-GEOMETRY = dict(num_frames=8, size=32)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    data = root / "data"
-    sample.main(["--out", str(data), "--videos", "30"])
-    manifest = data / "manifest.csv"
-    videos = read_manifest(manifest)
-    work = root / "work"
-    stage.run_stage(frames.STAGE, videos, work, frames.FrameSettings(**GEOMETRY), jobs=2)
-    stage.run_stage(audio.STAGE, videos, work, audio.AudioSettings(), jobs=2)
+    manifest, work, videos = sample_with_frames_and_audio(root)
     for m in MODALITIES:
         extract_features(m, videos, work, weights="random", device="cpu", loaders=0)
     fused = fuse(work, str(manifest), MODALITIES, "lstm", "weighted", 0)

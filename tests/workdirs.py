@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from extract import audio, flow, frames, manifest, stage
+from extract import audio, flow, frames, manifest, sample, stage
 from extract.manifest import Video
 from tests import videos as tv
 
@@ -40,6 +40,20 @@ def build_staged(root: Path, videos: int = 4) -> Staged:
                   split="train") for i in range(videos)]
     m = manifest.write_manifest(root / "manifest.csv", rows)
     return Staged(m, run_all_stages(rows, root / "work", STAGED_FRAMES, STAGED_SIZE), rows)
+
+
+def sample_with_frames_and_audio(root: Path, videos: int = 30) -> Staged:
+    """The sample dataset (`extract.sample`: `videos` clips over its three classes, its own split)
+    in `root/data`, with the frames and audio stages run into `root/work` at STAGED_FRAMES frames
+    of STAGED_SIZE px: the start of the tests that train, export and predict."""
+    data = root / "data"
+    sample.main(["--out", str(data), "--videos", str(videos)])
+    m = data / "manifest.csv"
+    rows = manifest.read_manifest(m)
+    work = root / "work"
+    stage.run_stage(frames.STAGE, rows, work, frames.FrameSettings(num_frames=STAGED_FRAMES, size=STAGED_SIZE), jobs=2)
+    stage.run_stage(audio.STAGE, rows, work, audio.AudioSettings(), jobs=2)
+    return Staged(m, work, rows)
 
 
 def copy_stages(src: Path, dst: Path) -> Path:
